@@ -1,0 +1,90 @@
+# runbook.ops — set-up, demo and the whole test suite. Run as root on Debian/Ubuntu (apt is used).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+BIN        := $(VENV)/bin
+COLLECTIONS := $(CURDIR)/collections
+INSTALLED  := $(COLLECTIONS)/ansible_collections/runbook/ops
+DEMO_DIR   ?= $(CURDIR)/.demo
+APT_PACKAGES := postgresql postgresql-contrib redis-server docker.io busybox-static zstd pigz rsync python3-venv
+PYTEST_WORKERS ?= 2
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_NOCOLOR := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MOLECULE_PYTHON := $(CURDIR)/$(VENV)/bin/python
+export NO_COLOR := 1
+
+.PHONY: help deps apt venv install demo demo-down test unit-integration unit integration sanity lint doc molecule bench clean
+
+help:
+	@echo "make demo   set up everything, start local PostgreSQL/Redis/S3 on loopback, run playbooks/site.yml"
+	@echo "make test   set up everything and run the whole suite (unit, integration, sanity, lint, docs, molecule)"
+	@echo "make bench  run the benchmarks (not part of CI)"
+
+deps: apt venv
+
+apt: .deps/apt.stamp
+.deps/apt.stamp: Makefile
+	@mkdir -p .deps
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing apt packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements.txt requirements-dev.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+install: deps
+	@rm -rf $(CURDIR)/.deps/build && mkdir -p $(CURDIR)/.deps/build
+	$(BIN)/ansible-galaxy collection build --force --output-path $(CURDIR)/.deps/build . >/dev/null
+	$(BIN)/ansible-galaxy collection install --force -p $(COLLECTIONS) $(CURDIR)/.deps/build/runbook-ops-*.tar.gz >/dev/null
+	@echo "Installed runbook.ops into $(COLLECTIONS)"
+
+demo: install
+	$(PY) tests/harness/servers.py up --state-dir $(DEMO_DIR)
+	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml
+
+demo-down:
+	$(PY) tests/harness/servers.py down --state-dir $(DEMO_DIR)
+
+test: install unit-integration sanity lint doc molecule
+	@echo "make test: all suites passed"
+
+unit-integration:
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
+
+unit:
+	$(BIN)/pytest tests/unit
+
+integration:
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/integration
+
+# ansible-test fetches a pip bootstrap script from a host these machines cannot reach: seed its cache.
+sanity: install
+	@mkdir -p $$HOME/.ansible/test/cache
+	@cp .ci/ansible_test_get_pip.py $$HOME/.ansible/test/cache/get_pip_24_2.py
+	cd $(INSTALLED) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --requirements --python 3.11 --color no
+
+lint: install
+	$(BIN)/ansible-lint --offline --profile production
+
+doc: install
+	@for m in plugins/modules/*.py; do n=$$(basename $$m .py); \
+	  $(BIN)/ansible-doc runbook.ops.$$n > /dev/null || exit 1; echo "ansible-doc runbook.ops.$$n renders"; done
+
+molecule: install
+	@for s in molecule/*/; do s=$$(basename $$s); $(BIN)/molecule test -s $$s || exit 1; done
+
+bench: install
+	@for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean: demo-down
+	rm -rf $(VENV) collections .deps tests/output .pytest_cache

@@ -1,0 +1,400 @@
+#!/usr/bin/python
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: health_probe
+short_description: Probe many http, tcp, PostgreSQL and Redis targets at once and grade their health
+version_added: 0.1.0
+description:
+  - Checks every target concurrently in one task and reports for each one its status, latency, HTTP status,
+    a detail and the error if any.
+  - >-
+    Understands the C(/health), C(/health/ready) and C(/health/live) endpoints of web platforms, which
+    answer 200 with a JSON body such as C({"status": "healthy", "checks": {"database": {"status": "healthy"}}})
+    and 503 when a component is down.
+  - A target is C(healthy), C(degraded) (it answered, but slower than O(targets[].max_latency_ms), or it
+    failed and is not required) or C(unhealthy). The task is C(unhealthy) when a required target is.
+  - Every target is validated before any probe runs; a bad one fails the task naming the target and the field.
+  - Never reports C(changed). Check mode probes too, since probing only reads.
+author:
+  - runbook.ops maintainers (@runbook-ops)
+extends_documentation_fragment:
+  - runbook.ops.attributes
+  - runbook.ops.attributes.read_only
+options:
+  targets:
+    description:
+      - What to probe. Each target has a O(targets[].type) and the fields that type uses.
+      - Fields that do not apply to the type are refused.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description:
+          - Name shown in results and messages. Must be unique.
+          - Defaults to the url, C(host:port) or C(type://host:port).
+        type: str
+      type:
+        description:
+          - One of V(http), V(tcp), V(postgres), V(redis).
+        type: str
+        required: true
+      timeout:
+        description: Seconds to wait for one probe of this target.
+        type: float
+        default: 5.0
+      max_latency_ms:
+        description: A healthy answer slower than this many milliseconds grades the target C(degraded).
+        type: int
+      required:
+        description:
+          - A required target that fails makes the whole task C(unhealthy).
+          - A target that is not required only degrades it.
+        type: bool
+        default: true
+      url:
+        description: (http) Absolute http:// or https:// URL.
+        type: str
+      method:
+        description: (http) HTTP method.
+        type: str
+        default: GET
+      headers:
+        description:
+          - (http) Request headers.
+          - Values of C(Authorization), C(Proxy-Authorization), C(Cookie), C(X-Api-Key) and C(X-Auth-Token)
+            are treated as secrets and never shown.
+        type: dict
+      body:
+        description: (http) Request body; a mapping or list is sent as JSON.
+        type: raw
+      status_codes:
+        description: (http) Status codes that count as up.
+        type: list
+        elements: int
+        default: [200]
+      json:
+        description:
+          - "(http) Assertions on the JSON body, as C(dotted.path: expected value)."
+          - Digits in a path index lists (C(items.0.status)); a list of expected values accepts any of them.
+          - "Example: C({status: healthy, checks.database.status: healthy})."
+        type: dict
+      contains:
+        description: (http) Text the body must contain.
+        type: str
+      validate_certs:
+        description: (http, redis) Verify the server's TLS certificate.
+        type: bool
+        default: true
+      cert_min_days:
+        description: (http) Fail when the TLS certificate expires in fewer days than this.
+        type: int
+      host:
+        description: (tcp) Host to connect to.
+        type: str
+      port:
+        description: (tcp) Port to connect to.
+        type: int
+      login_host:
+        description: (postgres, redis) Server host.
+        type: str
+        default: localhost
+      login_port:
+        description: (postgres, redis) Server port; 5432 for postgres and 6379 for redis when not set.
+        type: int
+      login_user:
+        description: (postgres, redis) User to log in as; C(postgres) for postgres, an ACL user for redis.
+        type: str
+      login_password:
+        description: (postgres, redis) Password. Never shown in results or logs.
+        type: str
+      db:
+        description: (postgres, redis) Database name for postgres (default C(postgres)), number for redis (default C(0)).
+        type: str
+      ssl_mode:
+        description: (postgres) libpq sslmode.
+        type: str
+      ca_cert:
+        description: (postgres, redis) CA certificate file to verify the server with.
+        type: path
+      query:
+        description: (postgres) Query to run instead of C(SELECT 1); its first value is shown in the detail.
+        type: str
+      tls:
+        description: (redis) Connect over TLS.
+        type: bool
+        default: false
+      info:
+        description: "(redis) INFO fields and their expected values, for example C({role: master})."
+        type: dict
+  concurrency:
+    description: How many targets to probe at the same time.
+    type: int
+    default: 20
+  retries:
+    description: Probe an unhealthy target again up to this many times before giving up on it.
+    type: int
+    default: 0
+  delay:
+    description: Seconds between retries, and between rounds of O(wait_until_healthy).
+    type: float
+    default: 1.0
+  wait_until_healthy:
+    description:
+      - Poll until every required target is up, then return; give up after O(deadline) seconds.
+      - Only targets still down are probed again. Do not combine with O(retries).
+    type: bool
+    default: false
+  deadline:
+    description: Seconds O(wait_until_healthy) may take in all.
+    type: float
+    default: 60.0
+  fail_on_unhealthy:
+    description:
+      - Fail the task when the overall status is C(unhealthy).
+      - With V(false) the task succeeds and reports the status for later tasks to act on.
+    type: bool
+    default: true
+notes:
+  - Needs the Python library C(psycopg2) for postgres targets and C(redis) for redis targets, on the host the module runs on.
+seealso:
+  - module: ansible.builtin.uri
+  - module: ansible.builtin.wait_for
+"""
+
+EXAMPLES = r"""
+- name: Check the platform before a deploy
+  runbook.ops.health_probe:
+    targets:
+      - name: api
+        type: http
+        url: http://localhost:8000/health/ready
+        json:
+          status: healthy
+          checks.database.status: healthy
+        max_latency_ms: 500
+      - name: frontend
+        type: http
+        url: https://www.example.com/
+        cert_min_days: 14
+        required: false
+      - name: postgres
+        type: postgres
+        login_host: db1.internal
+        login_user: monitor
+        login_password: "{{ vault_monitor_password }}"
+      - name: redis
+        type: redis
+        login_host: cache1.internal
+        login_password: "{{ vault_redis_password }}"
+        info:
+          role: master
+      - name: rabbitmq
+        type: tcp
+        host: mq1.internal
+        port: 5672
+
+- name: Wait up to two minutes for the app to come back after a restart
+  runbook.ops.health_probe:
+    targets:
+      - type: http
+        url: http://localhost:8000/health/live
+    wait_until_healthy: true
+    deadline: 120
+    delay: 2
+
+- name: Record the status without failing, to decide later
+  runbook.ops.health_probe:
+    targets: "{{ platform_health_targets }}"
+    fail_on_unhealthy: false
+  register: health
+"""
+
+RETURN = r"""
+status:
+  description: Overall status.
+  returned: always
+  type: str
+  choices: [healthy, degraded, unhealthy]
+  sample: healthy
+results:
+  description: One entry per target, in the order given.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Target name.
+      type: str
+      sample: api
+    type:
+      description: Target type.
+      type: str
+      sample: http
+    status:
+      description: C(healthy), C(degraded) or C(unhealthy).
+      type: str
+      sample: healthy
+    required:
+      description: Whether the target was required.
+      type: bool
+    latency_ms:
+      description: Milliseconds the last probe took.
+      type: float
+      sample: 3.2
+    http_status:
+      description: HTTP status code (http targets), else null.
+      type: int
+      sample: 200
+    detail:
+      description: "What the target answered, for example V(status: healthy) or V(server 15.18)."
+      type: str
+    error:
+      description: Why the target is not healthy, else null.
+      type: str
+      sample: HTTP 503, expected 200
+    attempts:
+      description: How many times the target was probed.
+      type: int
+    cert_days_left:
+      description: Days until the TLS certificate expires (http targets with cert_min_days).
+      type: int
+      returned: when cert_min_days is set and the request succeeded
+failed_targets:
+  description: Names of required targets that are unhealthy.
+  returned: always
+  type: list
+  elements: str
+  sample: [api]
+counts:
+  description: How many targets are in each status.
+  returned: always
+  type: dict
+  sample: {healthy: 4, degraded: 1, unhealthy: 0, total: 5}
+duration:
+  description: Seconds the whole task took.
+  returned: always
+  type: float
+  sample: 0.42
+msg:
+  description: The overall status with counts, or which required targets are unhealthy and why.
+  returned: always
+  type: str
+  sample: "1 of 3 targets unhealthy: api (HTTP 503, expected 200)"
+rounds:
+  description: Rounds of probes run by O(wait_until_healthy); 1 otherwise.
+  returned: always
+  type: int
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils import _probe
+
+TARGET_OPTIONS = dict(
+    name=dict(type="str"),
+    type=dict(type="str", required=True),
+    timeout=dict(type="float", default=5.0),
+    max_latency_ms=dict(type="int"),
+    required=dict(type="bool", default=True),
+    url=dict(type="str"),
+    method=dict(type="str", default="GET"),
+    headers=dict(type="dict"),
+    body=dict(type="raw"),
+    status_codes=dict(type="list", elements="int", default=[200]),
+    json=dict(type="dict"),
+    contains=dict(type="str"),
+    validate_certs=dict(type="bool", default=True),
+    cert_min_days=dict(type="int"),
+    host=dict(type="str"),
+    port=dict(type="int"),
+    login_host=dict(type="str", default="localhost"),
+    login_port=dict(type="int"),
+    login_user=dict(type="str"),
+    login_password=dict(type="str", no_log=True),
+    db=dict(type="str"),
+    ssl_mode=dict(type="str"),
+    ca_cert=dict(type="path"),
+    query=dict(type="str"),
+    tls=dict(type="bool", default=False),
+    info=dict(type="dict"),
+)
+
+# Defaults that belong to one target type only; dropped from targets of the other types.
+_TYPE_DEFAULTS = {"method": "http", "status_codes": "http", "login_host": ("postgres", "redis"),
+                  "tls": "redis", "validate_certs": ("http", "redis")}
+
+
+def _strip_foreign_defaults(target):
+    cleaned = dict(target)
+    for field, types in _TYPE_DEFAULTS.items():
+        if target.get("type") not in (types if isinstance(types, tuple) else (types,)):
+            cleaned.pop(field, None)
+    return cleaned
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            targets=dict(type="list", elements="dict", required=True, options=TARGET_OPTIONS),
+            concurrency=dict(type="int", default=20),
+            retries=dict(type="int", default=0),
+            delay=dict(type="float", default=1.0),
+            wait_until_healthy=dict(type="bool", default=False),
+            deadline=dict(type="float", default=60.0),
+            fail_on_unhealthy=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    module.no_log_values.update(_probe.secret_header_values(params["targets"]))
+    started = time.monotonic()
+    try:
+        if params["concurrency"] < 1 or params["retries"] < 0 or params["delay"] < 0 or params["deadline"] <= 0:
+            raise OpsError("concurrency must be at least 1, retries and delay not negative, deadline over 0")
+        if params["wait_until_healthy"] and params["retries"]:
+            raise OpsError("retries and wait_until_healthy do not mix: wait_until_healthy already probes again "
+                           "until deadline; drop retries")
+        targets = _probe.validate_targets([_strip_foreign_defaults(t) for t in params["targets"]])
+    except OpsError as exc:
+        module.fail_json(msg=exc.message)
+
+    if params["wait_until_healthy"]:
+        results, rounds = _probe.wait_until_healthy(targets, params["deadline"], delay=params["delay"],
+                                                    concurrency=params["concurrency"])
+    else:
+        results = _probe.probe_all(targets, concurrency=params["concurrency"], retries=params["retries"],
+                                   delay=params["delay"])
+        rounds = 1
+
+    status = _probe.overall_status(results)
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in (_probe.HEALTHY, _probe.DEGRADED, _probe.UNHEALTHY)}
+    counts["total"] = len(results)
+    outcome = dict(
+        changed=False,
+        status=status,
+        results=results,
+        failed_targets=[r["name"] for r in results if r["status"] == _probe.UNHEALTHY and r["required"]],
+        counts=counts,
+        duration=round(time.monotonic() - started, 3),
+        rounds=rounds,
+    )
+    if status == _probe.UNHEALTHY:
+        message = _probe.failure_message(results)
+        if params["fail_on_unhealthy"]:
+            module.fail_json(msg=message, **outcome)
+    else:
+        message = "%s: %d healthy, %d degraded, %d unhealthy of %d targets" % (
+            status, counts["healthy"], counts["degraded"], counts["unhealthy"], counts["total"])
+    module.exit_json(msg=message, **outcome)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Fixtures of real servers and a runner of real ansible-playbook for the integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "harness"))
+
+from servers import DockerEngine, PostgresServer, RedisServer, S3Server  # noqa: E402
+
+
+def _world_traversable_tmpdir(prefix):
+    """pytest's tmp dirs are 0700, which the postgres user cannot enter."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o755)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def collections_path():
+    """An ansible_collections tree whose runbook/ops is this checkout, so tests run the code as it is."""
+    root = _world_traversable_tmpdir("runbook-collections-")
+    target = root / "ansible_collections" / "runbook"
+    target.mkdir(parents=True)
+    (target / "ops").symlink_to(REPO)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    base = _world_traversable_tmpdir("runbook-pg-")
+    server = PostgresServer(base).start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_plain(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis-plain")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_auth(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password="redis-secret-pw",
+                         acl_users={"probe": "acl-secret-pw"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    base = Path(tempfile.mkdtemp(prefix="rbk-docker-", dir="/tmp"))
+    engine = DockerEngine(base).start()
+    yield engine
+    engine.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class PlaybookRun:
+    def __init__(self, proc, results):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.results = results
+
+    def task(self, name):
+        """The result of the last run of the task named ``name``."""
+        matches = [r for r in self.results if r["task"] == name]
+        assert matches, "task %r did not run; ran: %s\n%s" % (name, [r["task"] for r in self.results], self.stdout[-3000:])
+        return matches[-1]
+
+    def __repr__(self):
+        return "<PlaybookRun rc=%s>\n%s\n%s" % (self.rc, self.stdout[-4000:], self.stderr[-2000:])
+
+
+class Ansible:
+    """Runs ansible-playbook for real against localhost with the collection from this checkout."""
+
+    def __init__(self, workdir, collections_path):
+        self.workdir = Path(workdir)
+        self.collections_path = collections_path
+        self.inventory = self.workdir / "inventory.ini"
+        self.inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
+        self.runs = 0
+
+    def env(self, results_file):
+        env = dict(os.environ)
+        env.update({
+            "ANSIBLE_COLLECTIONS_PATH": str(self.collections_path),
+            "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "integration" / "callback_plugins"),
+            "ANSIBLE_CALLBACKS_ENABLED": "record_results",
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
+            "RUNBOOK_TEST_RESULTS": str(results_file),
+        })
+        return env
+
+    def play(self, tasks, check=False, diff=False, verbosity=0, extra_vars=None, playbook_path=None,
+             inventory=None, extra_args=()):
+        """Run a one-play playbook of ``tasks`` (YAML text) on localhost, or the playbook at ``playbook_path``."""
+        self.runs += 1
+        if playbook_path is None:
+            playbook_path = self.workdir / ("play%d.yml" % self.runs)
+            body = "- hosts: localhost\n  gather_facts: false\n  tasks:\n" + textwrap.indent(textwrap.dedent(tasks), "    ")
+            playbook_path.write_text(body)
+        results_file = self.workdir / ("results%d.jsonl" % self.runs)
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory or self.inventory), str(playbook_path)]
+        if check:
+            argv.append("--check")
+        if diff:
+            argv.append("--diff")
+        if verbosity:
+            argv.append("-" + "v" * verbosity)
+        if extra_vars:
+            argv += ["-e", json.dumps(extra_vars)]
+        argv += list(extra_args)
+        proc = subprocess.run(argv, env=self.env(results_file), capture_output=True, text=True, cwd=self.workdir, timeout=600, check=False)
+        results = []
+        if results_file.exists():
+            results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+        return PlaybookRun(proc, results)
+
+
+@pytest.fixture
+def ansible(tmp_path, collections_path):
+    return Ansible(tmp_path, collections_path)

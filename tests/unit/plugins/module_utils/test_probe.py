@@ -1,0 +1,133 @@
+"""Pure logic of the health probe: validation, JSON assertions, grading, polling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ansible_collections.runbook.ops.plugins.module_utils import _probe
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+
+HEALTH = json.dumps({"status": "healthy", "checks": {"database": {"status": "healthy", "ok": True, "latency": 2}},
+                     "items": [{"status": "up"}, {"status": "down"}]})
+
+
+def http(**fields):
+    return dict({"name": "api", "type": "http", "url": "http://127.0.0.1/health"}, **fields)
+
+
+def test_json_assertions_follow_dotted_paths_and_list_indexes():
+    ok, detail, error = _probe.evaluate_http(http(json={"status": "healthy", "checks.database.status": "healthy",
+                                                        "items.1.status": "down"}), 200, HEALTH)
+    assert (ok, detail, error) == (True, "status: healthy", None)
+
+
+def test_json_assertion_mismatch_and_missing_field_are_both_reported():
+    ok, detail, error = _probe.evaluate_http(http(json={"checks.database.status": "degraded", "checks.cache.status": "healthy"}),
+                                             200, HEALTH)
+    assert not ok and detail is None
+    assert error == "checks.database.status is healthy, expected degraded; checks.cache.status is missing (no 'cache')"
+
+
+def test_yaml_loose_types_match_json_values():
+    assert _probe.values_match(True, "true")
+    assert _probe.values_match(2, "2")
+    assert _probe.values_match("up", ["up", "ok"])
+    assert not _probe.values_match(False, "true")
+    assert not _probe.values_match("2", 3)
+
+
+def test_unexpected_status_is_unhealthy_and_keeps_the_body_status():
+    ok, detail, error = _probe.evaluate_http(http(), 503, json.dumps({"status": "unhealthy"}))
+    assert not ok and detail == "status: unhealthy" and error == "HTTP 503, expected 200"
+    assert _probe.evaluate_http(http(status_codes=[200, 503]), 503, "{}")[0]
+
+
+def test_non_json_body_fails_json_assertions_but_passes_contains():
+    assert _probe.evaluate_http(http(json={"status": "ok"}), 200, "pong")[2] == "body is not JSON, so the json assertions cannot hold"
+    assert _probe.evaluate_http(http(contains="po"), 200, "pong")[0]
+    assert _probe.evaluate_http(http(contains="xyz"), 200, "pong")[2] == "body does not contain 'xyz'"
+
+
+@pytest.mark.parametrize("ok, latency, limit, status", [
+    (True, 10, None, "healthy"), (True, 10, 20, "healthy"), (True, 30, 20, "degraded"), (False, 1, 20, "unhealthy")])
+def test_grade(ok, latency, limit, status):
+    assert _probe.grade(ok, latency, limit) == status
+
+
+def test_overall_status_required_failure_is_unhealthy_optional_one_degrades():
+    def row(status, required=True):
+        return {"status": status, "required": required}
+
+    assert _probe.overall_status([row("healthy"), row("healthy")]) == "healthy"
+    assert _probe.overall_status([row("healthy"), row("degraded")]) == "degraded"
+    assert _probe.overall_status([row("healthy"), row("unhealthy", False)]) == "degraded"
+    assert _probe.overall_status([row("degraded"), row("unhealthy")]) == "unhealthy"
+
+
+@pytest.mark.parametrize("targets, message", [
+    ([], "targets is empty"),
+    ([{"type": "smtp"}], "target #1: field 'type' is 'smtp'"),
+    ([http(url=None)], "target 'api': an http target needs field 'url'"),
+    ([http(url="localhost/health")], "target 'api': field 'url' is 'localhost/health'"),
+    ([{"name": "mq", "type": "tcp", "host": "h"}], "target 'mq': a tcp target needs field 'port'"),
+    ([{"name": "mq", "type": "tcp", "host": "h", "port": 70000}], "a port is 1-65535"),
+    ([http(json={"a..b": 1})], "target 'api': field 'json': assertion path 'a..b' has an empty segment"),
+    ([http(json={})], "target 'api': field 'json' must be a non-empty mapping"),
+    ([http(cert_min_days=3)], "'cert_min_days' needs an https:// url"),
+    ([http(), http()], "target 'api': field 'name' 'api' is used by another target"),
+    ([{"type": "tcp", "host": "h", "port": 1, "query": "SELECT 1"}], "field(s) query do not apply to a tcp target"),
+    ([http(timeout=0)], "'timeout' must be greater than 0"),
+])
+def test_validation_names_the_target_and_the_field(targets, message):
+    with pytest.raises(OpsError) as raised:
+        _probe.validate_targets(targets)
+    assert message in raised.value.message
+
+
+def test_validation_fills_defaults_and_names():
+    targets = _probe.validate_targets([{"type": "tcp", "host": "db", "port": 5432},
+                                       {"type": "redis", "login_host": "cache"}, {"type": "postgres"}])
+    assert [t["name"] for t in targets] == ["db:5432", "redis://cache:6379", "postgres://localhost:5432"]
+    assert all(t["required"] is True and t["timeout"] == 5.0 for t in targets)
+
+
+def test_secret_headers_are_collected_for_no_log():
+    targets = [http(headers={"Authorization": "Bearer abc", "Accept": "json", "X-Api-Key": "k1"})]
+    assert sorted(_probe.secret_header_values(targets)) == ["Bearer abc", "k1"]
+
+
+def test_wait_until_healthy_probes_only_pending_targets_until_the_deadline(monkeypatch):
+    calls = []
+    answers = {"a": iter(["unhealthy", "healthy"]), "b": iter(["healthy"])}
+
+    def fake_probe_all(targets, concurrency):
+        calls.append([t["name"] for t in targets])
+        return [{"name": t["name"], "status": next(answers[t["name"]]), "required": True, "attempts": 1} for t in targets]
+
+    monkeypatch.setattr(_probe, "probe_all", fake_probe_all)
+    now = [0.0]
+    targets = [{"name": "a", "required": True}, {"name": "b", "required": True}]
+    results, rounds = _probe.wait_until_healthy(targets, deadline=10, delay=1, clock=lambda: now[0],
+                                                sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert calls == [["a", "b"], ["a"]]
+    assert rounds == 2
+    assert [r["status"] for r in results] == ["healthy", "healthy"]
+    assert results[0]["attempts"] == 2
+
+
+def test_wait_until_healthy_stops_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(_probe, "probe_all", lambda targets, concurrency: [
+        {"name": t["name"], "status": "unhealthy", "required": True, "attempts": 1} for t in targets])
+    now = [0.0]
+    results, rounds = _probe.wait_until_healthy([{"name": "a", "required": True}], deadline=3, delay=1,
+                                                clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert rounds == 4 and results[0]["status"] == "unhealthy" and results[0]["attempts"] == 4  # t=0,1,2,3
+
+
+def test_failure_message_lists_required_failures():
+    results = [{"name": "api", "status": "unhealthy", "required": True, "error": "HTTP 503, expected 200"},
+               {"name": "opt", "status": "unhealthy", "required": False, "error": "x"},
+               {"name": "db", "status": "healthy", "required": True, "error": None}]
+    assert _probe.failure_message(results) == "1 of 3 targets unhealthy: api (HTTP 503, expected 200)"
