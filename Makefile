@@ -8,6 +8,7 @@ BIN        := $(VENV)/bin
 COLLECTIONS := $(CURDIR)/collections
 INSTALLED  := $(COLLECTIONS)/ansible_collections/runbook/ops
 DEMO_DIR   ?= $(CURDIR)/.demo
+SANITY_ROOT ?= /tmp/runbook-ops-sanity
 APT_PACKAGES := postgresql postgresql-contrib redis-server docker.io busybox-static zstd pigz rsync python3-venv
 PYTEST_WORKERS ?= 2
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
@@ -71,14 +72,22 @@ integration:
 sanity: install
 	@mkdir -p $$HOME/.ansible/test/cache
 	@cp .ci/ansible_test_get_pip.py $$HOME/.ansible/test/cache/get_pip_24_2.py
-	cd $(INSTALLED) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --requirements --python 3.11 --color no
+	@# Outside this git checkout: inside it ansible-test lists files with git, which ignores collections/, and skips all.
+	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	$(BIN)/ansible-galaxy collection install --force -p $(SANITY_ROOT) $(CURDIR)/.deps/build/runbook-ops-*.tar.gz >/dev/null
+	cd $(SANITY_ROOT)/ansible_collections/runbook/ops && $(CURDIR)/$(BIN)/ansible-test sanity --venv --requirements \
+	  --python 3.11 --color no 2>&1 | tee $(CURDIR)/.deps/sanity.log; test $${PIPESTATUS[0]} -eq 0
+	@! grep -q "All targets skipped" .deps/sanity.log || { echo "ansible-test found nothing to test"; exit 1; }
+	@grep -c '^Running sanity test' .deps/sanity.log | xargs -I{} echo "ansible-test sanity: {} tests ran"
 
 lint: install
 	$(BIN)/ansible-lint --offline --profile production
 
 doc: install
 	@for m in plugins/modules/*.py; do n=$$(basename $$m .py); \
-	  $(BIN)/ansible-doc runbook.ops.$$n > /dev/null || exit 1; echo "ansible-doc runbook.ops.$$n renders"; done
+	  out=$$($(BIN)/ansible-doc runbook.ops.$$n 2>&1) || { echo "$$out"; exit 1; }; \
+	  echo "$$out" | grep -q "MODULE runbook.ops.$$n" || { echo "ansible-doc did not render runbook.ops.$$n:"; echo "$$out"; exit 1; }; \
+	  echo "ansible-doc runbook.ops.$$n renders"; done
 
 molecule: install
 	@for s in molecule/*/; do s=$$(basename $$s); $(BIN)/molecule test -s $$s || exit 1; done

@@ -22,6 +22,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # socketserver's default of 5 drops SYNs under concurrent probes (1 s retransmit)
 
+
 HEALTHY = {"status": "healthy", "timestamp": "2026-01-26T10:30:00Z",
            "checks": {"database": {"status": "healthy", "latency": "2ms"}, "redis": {"status": "healthy"}},
            "components": ["web", "worker"]}

@@ -1,4 +1,4 @@
-"""Make ``ansible_collections.runbook.ops`` importable from this checkout for the unit tests."""
+"""Make ``ansible_collections.runbook.ops`` importable from this checkout for every test."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _collection_root():

@@ -1,0 +1,92 @@
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """Where backups live, how they are encrypted and how long they are kept; shared by backup and restore modules."""
+
+    DOCUMENTATION = r"""
+options:
+  store:
+    description:
+      - Where artifacts are kept. Each artifact is a data file, a C(<file>.sha256) sidecar (and C(.md5) when
+        asked), and a JSON manifest written last, under C(<kind>/<YYYY>/<MM>/<DD>/).
+      - The local copy is written first; S3 gets the same layout under O(store.s3.prefix).
+    type: dict
+    required: true
+    suboptions:
+      dir:
+        description: Local directory of the store. Created with mode 0700 when missing.
+        type: path
+      s3:
+        description:
+          - An S3 bucket or any S3-compatible endpoint that receives a copy of every artifact.
+          - Credentials default to the usual AWS environment variables and profiles.
+        type: dict
+        suboptions:
+          bucket:
+            description: Bucket name.
+            type: str
+            required: true
+          prefix:
+            description: Key prefix.
+            type: str
+            default: ""
+          endpoint_url:
+            description: URL of an S3-compatible endpoint (MinIO, Ceph, ...).
+            type: str
+          region:
+            description: Region.
+            type: str
+          access_key:
+            description: Access key id.
+            type: str
+          secret_key:
+            description: Secret access key.
+            type: str
+          sse:
+            description: Server-side encryption.
+            type: str
+            choices: [AES256, "aws:kms"]
+          kms_key_id:
+            description: KMS key for O(store.s3.sse=aws:kms).
+            type: str
+          storage_class:
+            description: Storage class, for example C(STANDARD_IA).
+            type: str
+  encryption:
+    description:
+      - Encrypt at rest with AES-256-GCM in authenticated chunks; a wrong key or a changed byte is detected.
+      - If encryption is asked for and cannot be applied, the task fails; cleartext is never kept or uploaded instead.
+    type: dict
+    suboptions:
+      key_file:
+        description: File holding the key (32 raw bytes, or any secret text, which is stretched with scrypt).
+        type: path
+      passphrase:
+        description: Passphrase, stretched with scrypt. Never shown.
+        type: str
+  retention:
+    description:
+      - Which older backups of the same database to keep; the union of the rules is kept and the rest pruned.
+      - The newest verified backup is never pruned. Without this option nothing is pruned.
+    type: dict
+    suboptions:
+      keep_last:
+        description: Keep the newest N.
+        type: int
+      keep_days:
+        description: Keep everything younger than N days.
+        type: int
+      keep_daily:
+        description: Keep the newest backup of each of the last N days that have one.
+        type: int
+      keep_weekly:
+        description: Keep the newest backup of each of the last N ISO weeks that have one.
+        type: int
+      keep_monthly:
+        description: Keep the newest backup of each of the last N months that have one.
+        type: int
+"""
