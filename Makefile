@@ -90,7 +90,8 @@ doc: install
 	  echo "ansible-doc runbook.ops.$$n renders"; done
 
 molecule: install
-	@for s in molecule/*/; do s=$$(basename $$s); $(BIN)/molecule test -s $$s || exit 1; done
+	@# molecule keeps "prepared" state in ~/.cache across runs; reset it so prepare always runs
+	@for s in molecule/*/; do s=$$(basename $$s); $(BIN)/molecule reset -s $$s >/dev/null 2>&1; $(BIN)/molecule test -s $$s || exit 1; done
 
 bench: install
 	@for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
