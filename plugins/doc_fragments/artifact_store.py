@@ -13,12 +13,18 @@ options:
     description:
       - Where artifacts are kept. Each artifact is a data file, a C(<file>.sha256) sidecar (and C(.md5) when
         asked), and a JSON manifest written last, under C(<kind>/<YYYY>/<MM>/<DD>/).
-      - The local copy is written first; S3 gets the same layout under O(store.s3.prefix).
+      - The local copy is written first; S3 gets the same layout under O(store.s3.prefix). At least one of
+        O(store.dir) and O(store.s3) is needed.
     type: dict
     required: true
     suboptions:
       dir:
         description: Local directory of the store. Created with mode 0700 when missing.
+        type: path
+      work_dir:
+        description:
+          - Private scratch space (mode 0700) for staging S3-only backups, directory-format dumps and downloads.
+          - Defaults to C(<dir>/.work), or the system temporary directory when the store has no O(store.dir).
         type: path
       s3:
         description:

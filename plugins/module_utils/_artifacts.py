@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import struct
@@ -381,6 +382,34 @@ def open_plain_reader(path, compression, key=None):
         raise OpsError("the %s stream in %s ends early: the file is truncated" % (compression, path))
 
 
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (for tarfile and subprocess feeding)."""
+
+    def __init__(self, chunks):
+        super().__init__()
+        self.chunks = iter(chunks)
+        self.buffer = b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, target):
+        while not self.buffer:
+            try:
+                self.buffer = next(self.chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self.buffer))
+        target[:size] = self.buffer[:size]
+        self.buffer = self.buffer[size:]
+        return size
+
+    def drain(self):
+        """Read what is left, so the iterator's own end-of-stream checks run."""
+        for _data in self.chunks:
+            pass
+
+
 def file_digests(path, md5=False):
     sha = hashlib.sha256()
     other = hashlib.md5() if md5 else None
@@ -410,12 +439,30 @@ def write_sidecars(path, sha256, md5=None):
         write_small_file(path + ".md5", "%s  %s\n" % (md5, name))
 
 
+def read_sidecar(path, suffix=".sha256"):
+    """The digest in ``<path><suffix>`` (``md5sum``/``sha256sum`` format), or None when there is none."""
+    try:
+        with open(path + suffix) as handle:
+            text = handle.read().split()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OpsError("cannot read %s%s: %s" % (path, suffix, exc.strerror), exception=exc)
+    if not text:
+        raise OpsError("%s%s is empty: it should hold the file's checksum" % (path, suffix))
+    return text[0].lower()
+
+
 def manifest_path(data_path, artifact_id):
     return os.path.join(os.path.dirname(data_path), artifact_id + MANIFEST_SUFFIX)
 
 
+RUNTIME_KEYS = ("manifest_path", "s3_manifest_key")
+
+
 def write_manifest(path, manifest):
-    write_small_file(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    stored = {k: v for k, v in manifest.items() if k not in RUNTIME_KEYS}
+    write_small_file(path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 def load_manifest(path):
@@ -499,9 +546,14 @@ def select_retained(manifests, now, keep_last=None, keep_days=None, keep_daily=N
 
 
 def artifact_files(manifest):
-    """Every local file of an artifact, data last-but-manifest so a partial prune never orphans a manifest."""
+    """Every local file of an artifact (sidecars, extra files, data), then the manifest."""
     data = manifest.get("path")
-    files = [data + ".sha256", data + ".md5", data] if data else []
+    files = []
+    if data:
+        directory = os.path.dirname(data)
+        for name in list(manifest.get("extra_files") or []) + [os.path.basename(data)]:
+            base = os.path.join(directory, name)
+            files += [base + ".sha256", base + ".md5", base]
     return files + [manifest["manifest_path"]]
 
 
@@ -557,70 +609,13 @@ def _read_text(path):
         return ""
 
 
-# --- S3 ---------------------------------------------------------------------------------------------
-
-def s3_client(s3):
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:
-        raise OpsError("the Python library boto3 is needed for an S3 store: pip install boto3 on the host", exception=exc)
-    session = boto3.session.Session(aws_access_key_id=s3.get("access_key"), aws_secret_access_key=s3.get("secret_key"),
-                                    region_name=s3.get("region"))
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-    return session.client("s3", endpoint_url=s3.get("endpoint_url"), config=config)
-
-
-def s3_key(s3, relative):
-    prefix = (s3.get("prefix") or "").strip("/")
-    return "%s/%s" % (prefix, relative) if prefix else relative
-
-
-def s3_upload(s3, files):
-    """Upload (local path, relative key) pairs, the manifest last. Returns the data file's s3:// uri."""
-    from boto3.s3.transfer import TransferConfig
-
-    client = s3_client(s3)
-    extra = {}
-    if s3.get("sse"):
-        extra["ServerSideEncryption"] = s3["sse"]
-    if s3.get("kms_key_id"):
-        extra["SSEKMSKeyId"] = s3["kms_key_id"]
-    if s3.get("storage_class"):
-        extra["StorageClass"] = s3["storage_class"]
-    transfer = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
-    uris = []
-    for local, relative in files:
-        key = s3_key(s3, relative)
-        try:
-            client.upload_file(local, s3["bucket"], key, ExtraArgs=dict(extra), Config=transfer)
-        except Exception as exc:  # botocore raises many types; all mean the upload did not happen
-            raise OpsError("upload of %s to s3://%s/%s failed: %s. The local copy is kept; a later run uploads it"
-                           % (os.path.basename(local), s3["bucket"], key, _first_line(exc)), exception=exc)
-        uris.append("s3://%s/%s" % (s3["bucket"], key))
-    return uris
-
-
-def s3_exists(s3, relative):
-    client = s3_client(s3)
-    try:
-        client.head_object(Bucket=s3["bucket"], Key=s3_key(s3, relative))
-        return True
-    except Exception:
-        return False
-
-
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
-
-
 # --- options shared by every backup and restore module (doc fragment runbook.ops.artifact_store) ----
 
 def artifact_argument_spec():
     return dict(
-        store=dict(type="dict", required=True, options=dict(
+        store=dict(type="dict", required=True, required_one_of=[("dir", "s3")], options=dict(
             dir=dict(type="path"),
+            work_dir=dict(type="path"),
             s3=dict(type="dict", options=dict(
                 bucket=dict(type="str", required=True),
                 prefix=dict(type="str", default=""),

@@ -13,3 +13,9 @@ class OpsError(Exception):
         self.message = message
         self.exception = exception
         self.details = details
+
+
+def first_line(exc):
+    """The first line of an exception's text, or its class name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import threading
 
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
 from ansible_collections.runbook.ops.plugins.module_utils import _artifacts
 
 CONNECTION_OPTIONS = dict(
@@ -39,23 +39,30 @@ def libpq_env(params, db=None):
     return env
 
 
+def connect_kwargs(params, db, application_name="runbook.ops", connect_timeout=10):
+    """psycopg2 connection arguments from the connection options shared by every module."""
+    kwargs = dict(host=params.get("login_unix_socket") or params.get("login_host") or "localhost",
+                  port=int(params.get("login_port") or 5432), user=params.get("login_user") or "postgres",
+                  dbname=db, sslmode=params.get("ssl_mode") or "prefer", connect_timeout=connect_timeout,
+                  application_name=application_name)
+    if params.get("login_password"):
+        kwargs["password"] = params["login_password"]
+    if params.get("ca_cert"):
+        kwargs["sslrootcert"] = params["ca_cert"]
+    return kwargs
+
+
 def connect(params, db):
     try:
         import psycopg2
     except ImportError as exc:
         raise OpsError("the Python library psycopg2 is needed on the host: pip install psycopg2-binary", exception=exc)
-    kwargs = dict(host=params.get("login_unix_socket") or params["login_host"], port=params["login_port"],
-                  user=params["login_user"], dbname=db, sslmode=params["ssl_mode"], connect_timeout=10,
-                  application_name="runbook.ops")
-    if params.get("login_password"):
-        kwargs["password"] = params["login_password"]
-    if params.get("ca_cert"):
-        kwargs["sslrootcert"] = params["ca_cert"]
+    kwargs = connect_kwargs(params, db)
     try:
         conn = psycopg2.connect(**kwargs)
     except psycopg2.Error as exc:
         raise OpsError("cannot connect to PostgreSQL database %r on %s:%s: %s" % (
-            db, kwargs["host"], params["login_port"], str(exc).strip().splitlines()[0]), exception=exc)
+            db, kwargs["host"], kwargs["port"], first_line(exc)), exception=exc)
     conn.autocommit = True
     return conn
 
@@ -66,13 +73,14 @@ def database_facts(params, db):
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-                        "pg_database_size(current_database()), "
+                        "pg_database_size(current_database()), current_setting('is_superuser') = 'on', "
                         "(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                         " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema'))")
-            version, version_num, size, tables = cur.fetchone()
+            version, version_num, size, superuser, tables = cur.fetchone()
     finally:
         conn.close()
-    return {"server_version": version, "server_version_num": version_num, "size": size, "tables": tables}
+    return {"server_version": version, "server_version_num": version_num, "size": size, "tables": tables,
+            "superuser": superuser}
 
 
 def tool(name, server_version_num=None):
@@ -114,44 +122,106 @@ def stream_command(argv, env, sink, what):
         raise
     returncode = proc.wait()
     reader.join()
-    stderr = b"".join(errors).decode("utf-8", errors="replace").strip()
+    stderr = b"".join(errors)
     if returncode != 0:
-        how = "was killed by signal %d" % -returncode if returncode < 0 else "exited with %d" % returncode
-        raise OpsError("%s %s: %s; no backup was kept" % (what, how, stderr.splitlines()[-1] if stderr else "no message"))
+        raise OpsError("%s %s: %s; no backup was kept" % (what, _exit_text(returncode), _last_line(stderr)))
     if produced == 0:
-        raise OpsError("%s exited 0 but wrote nothing (%s); refusing to keep an empty backup" % (what, stderr or "no message"))
+        raise OpsError("%s exited 0 but wrote nothing (%s); refusing to keep an empty backup" % (what, _last_line(stderr)))
     return produced
 
 
-def dump_argv(pg_dump, fmt, db):
+def run_tool(argv, env, what, stdin=None):
+    """Run a PostgreSQL tool to completion; OpsError with the last line of its stderr unless it exits 0."""
+    try:
+        proc = subprocess.run(argv, env=env, cwd="/", stdin=stdin or subprocess.DEVNULL, capture_output=True, check=False)
+    except OSError as exc:
+        raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
+    if proc.returncode != 0:
+        raise OpsError("%s %s: %s" % (what, _exit_text(proc.returncode), _last_line(proc.stderr)))
+    return proc.stdout
+
+
+def _exit_text(returncode):
+    return "was killed by signal %d" % -returncode if returncode < 0 else "exited with %d" % returncode
+
+
+def _last_line(stderr):
+    """The tool's last error line (with the statement it ran, when it says), else its last line."""
+    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    errors = [i for i, line in enumerate(lines) if any(tag in line for tag in ("ERROR:", "FATAL:", "error:", "fatal:"))]
+    if not errors:
+        return lines[-1]
+    text = lines[errors[-1]]
+    following = lines[errors[-1] + 1:errors[-1] + 2]
+    if following and following[0].startswith("Command was:"):
+        text += " (%s)" % following[0][:200].rstrip(";")
+    return text
+
+
+def dump_argv(pg_dump, fmt, db, jobs=1, directory=None):
     argv = [pg_dump, "--no-password", "--dbname", db]
     if fmt == "custom":
         argv += ["--format=custom", "--compress=0"]
+    elif fmt == "directory":
+        argv += ["--format=directory", "--compress=0", "--jobs=%d" % max(1, jobs), "--file", directory]
     else:
         argv += ["--format=plain"]
     return argv
 
 
-def list_archive(pg_restore, chunks, env):
-    """Feed a custom-format archive to ``pg_restore --list``; returns the number of TOC entries."""
-    proc = subprocess.Popen([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd="/")
-    out = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
-    reader.start()
+def globals_argv(pg_dumpall, role_passwords=True):
+    argv = [pg_dumpall, "--no-password", "--globals-only", "--database=postgres"]
+    return argv if role_passwords else argv + ["--no-role-passwords"]
+
+
+def feed_command(argv, env, chunks, what, capture=False):
+    """Run ``argv`` with ``chunks`` on its stdin; checks both sides of the pipe.
+
+    If the tool stops reading early (pg_restore --list reads only the table of contents), the rest of
+    ``chunks`` is still drained so the source's own end checks (checksum, authentication) run.
+    Returns stdout when ``capture``.
+    """
     try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env, cwd="/")
+    except OSError as exc:
+        raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
+    out, errors = [], []
+    readers = [threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)]
+    if capture:
+        readers.append(threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True))
+    for reader in readers:
+        reader.start()
+    try:
+        feeding = True
         for data in chunks:
-            proc.stdin.write(data)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
+            if feeding:
+                try:
+                    proc.stdin.write(data)
+                except BrokenPipeError:
+                    feeding = False
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    stderr = proc.stderr.read().decode("utf-8", errors="replace").strip()
     returncode = proc.wait()
-    reader.join()
+    for reader in readers:
+        reader.join()
     if returncode != 0:
-        raise OpsError("pg_restore --list rejects the archive: %s" % (stderr or "exit %d" % returncode))
-    return sum(1 for line in b"".join(out).decode(errors="replace").splitlines() if line and not line.startswith(";"))
+        raise OpsError("%s %s: %s" % (what, _exit_text(returncode), _last_line(b"".join(errors))))
+    return b"".join(out)
+
+
+def count_toc(listing):
+    return sum(1 for line in listing.decode(errors="replace").splitlines() if line and not line.startswith(";"))
+
+
+def list_archive(pg_restore, chunks, env):
+    """Feed a custom-format archive to ``pg_restore --list``; returns the number of TOC entries."""
+    return count_toc(feed_command([pg_restore, "--list"], env, chunks, "pg_restore --list rejects the archive:", capture=True))

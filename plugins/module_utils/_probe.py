@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from urllib.parse import urljoin, urlsplit
 
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+from ansible_collections.runbook.ops.plugins.module_utils._postgres import connect_kwargs
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -345,42 +346,26 @@ def _probe_tcp(target):
 def _probe_postgres(target):
     import psycopg2
 
-    params = {
-        "host": target.get("login_host", "localhost"),
-        "port": int(target.get("login_port", 5432)),
-        "user": target.get("login_user", "postgres"),
-        "dbname": target.get("db", "postgres"),
-        "connect_timeout": max(1, int(round(target["timeout"]))),
-        "application_name": "runbook.ops health_probe",
-        "options": "-c statement_timeout=%d" % int(target["timeout"] * 1000),
-    }
-    if target.get("login_password"):
-        params["password"] = target["login_password"]
-    if target.get("ssl_mode"):
-        params["sslmode"] = target["ssl_mode"]
-    if target.get("ca_cert"):
-        params["sslrootcert"] = target["ca_cert"]
+    params = connect_kwargs(target, target.get("db", "postgres"), "runbook.ops health_probe",
+                            max(1, int(round(target["timeout"]))))
+    params["options"] = "-c statement_timeout=%d" % int(target["timeout"] * 1000)
     try:
         conn = psycopg2.connect(**params)
     except psycopg2.Error as exc:
-        return {"ok": False, "error": "cannot connect to PostgreSQL: %s" % _first_line(exc)}
+        return {"ok": False, "error": "cannot connect to PostgreSQL: %s" % first_line(exc)}
     try:
         with conn.cursor() as cur:
             cur.execute(target.get("query") or "SELECT 1")
             row = cur.fetchone() if cur.description else None
         version = conn.server_version
     except psycopg2.Error as exc:
-        return {"ok": False, "error": "query failed: %s" % _first_line(exc)}
+        return {"ok": False, "error": "query failed: %s" % first_line(exc)}
     finally:
         conn.close()
     detail = "server %d.%d" % (version // 10000, version % 10000)
     if target.get("query") and row:
         detail += ", query returned %s" % (row[0],)
     return {"ok": True, "detail": detail}
-
-
-def _first_line(exc):
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
 
 
 def _probe_redis(target):
@@ -407,7 +392,7 @@ def _probe_redis(target):
     except redis.AuthenticationError as exc:
         return {"ok": False, "error": "authentication failed: %s" % exc}
     except redis.RedisError as exc:
-        return {"ok": False, "error": "cannot reach Redis: %s" % _first_line(exc)}
+        return {"ok": False, "error": "cannot reach Redis: %s" % first_line(exc)}
     finally:
         client.close()
     mismatches = []
@@ -430,7 +415,7 @@ def probe_once(target):
     try:
         outcome = _PROBES[target["type"]](target)
     except Exception as exc:  # a probe must report, never take the whole task down
-        outcome = {"ok": False, "error": "%s: %s" % (exc.__class__.__name__, _first_line(exc))}
+        outcome = {"ok": False, "error": "%s: %s" % (exc.__class__.__name__, first_line(exc))}
     latency_ms = round((time.monotonic() - started) * 1000, 1)
     status = grade(outcome["ok"], latency_ms, target.get("max_latency_ms"))
     error = outcome.get("error")

@@ -15,8 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "harness"))
+sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from servers import DockerEngine, PostgresServer, RedisServer, S3Server  # noqa: E402
+from pg_helpers import drop_database, make_database  # noqa: E402
 
 
 def _world_traversable_tmpdir(prefix):
@@ -44,6 +46,14 @@ def pg():
     yield server
     server.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def database(pg):
+    """A fresh database with schemas, indexes, a view, a function, large objects, non-ASCII text and pgcrypto."""
+    name = make_database(pg)
+    yield name
+    drop_database(pg, name)
 
 
 @pytest.fixture(scope="session")

@@ -17,56 +17,7 @@ from servers import PG_BIN, free_port
 
 from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
 
-BACKUP = "Back up the database"
-
-SEED = """
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-CREATE SCHEMA sales;
-CREATE SCHEMA audit;
-CREATE TABLE sales.customers (id serial PRIMARY KEY, name text NOT NULL, city text, secret bytea);
-CREATE INDEX customers_city ON sales.customers (city);
-CREATE TABLE audit.events (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), payload jsonb);
-INSERT INTO sales.customers (name, city, secret)
-  SELECT 'Zoë Ñúñez ' || i, (ARRAY['Zürich','東京','Kraków'])[1 + i % 3], digest(i::text, 'sha256') FROM generate_series(1, 500) i;
-INSERT INTO audit.events (payload) SELECT jsonb_build_object('n', i, 'ok', i % 2 = 0) FROM generate_series(1, 300) i;
-CREATE VIEW sales.by_city AS SELECT city, count(*) FROM sales.customers GROUP BY city;
-CREATE FUNCTION sales.greet(text) RETURNS text LANGUAGE sql AS $$ SELECT 'hello ' || $1 $$;
-SELECT lo_from_bytea(0, 'large object payload ✓');
-"""
-
-
-def sql(pg, db, statement, fetch=False):
-    conn = psycopg2.connect(**pg.conninfo(db))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall() if fetch else None
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def database(pg):
-    name = "app_%s" % uuid.uuid4().hex[:8]
-    sql(pg, "postgres", "CREATE DATABASE %s" % name)
-    sql(pg, name, SEED)
-    yield name
-    sql(pg, "postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-
-
-def backup_task(pg, db, store, **options):
-    spec = dict(login_host=pg.host, login_port=pg.port, login_user=pg.user, login_password=pg.password, db=db, store=store)
-    spec.update(options)
-    return "- name: %s\n  runbook.ops.pg_backup: %s\n" % (BACKUP, json.dumps(spec))
-
-
-def pg_dump_text(pg, db):
-    env = dict(os.environ, **pg.env)
-    text = subprocess.run([str(PG_BIN / "pg_dump"), "--no-password", "-d", db], env=env, capture_output=True, text=True,
-                          check=True).stdout
-    # pg_dump 15.14+ brackets its output with random \restrict keys
-    return "\n".join(line for line in text.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+from pg_helpers import BACKUP, backup_task, pg_dump_text, sql
 
 
 def restore_artifact(pg, path, compression, key, target):

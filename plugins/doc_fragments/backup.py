@@ -1,0 +1,42 @@
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """Options every backup module shares (pg_backup, redis_backup)."""
+
+    DOCUMENTATION = r"""
+options:
+  compression:
+    description: Compression applied in-process, in the same pass as hashing and encryption.
+    type: str
+    default: zstd
+    choices: [zstd, gzip, none]
+  compression_level:
+    description: Level for O(compression); zstd 1-19 (default 3), gzip 1-9 (default 6).
+    type: int
+  md5_sidecar:
+    description: Also write a C(<file>.md5) sidecar that C(md5sum -c) checks.
+    type: bool
+    default: false
+  verify:
+    description:
+      - After writing, read the files back and check their sha256, then decrypt and decompress the data to the end
+        and have the server's own tool read it (C(pg_restore --list) for PostgreSQL archives).
+      - Only verified backups count for O(skip_if_newer_than) and are protected by retention.
+    type: bool
+    default: true
+  skip_if_newer_than:
+    description: Do nothing, and report no change, when a verified backup finished less than this long ago (V(90m), V(6h), V(1d)).
+    type: str
+  lock_timeout:
+    description: Seconds to wait for another backup of the same source to finish before failing.
+    type: int
+    default: 0
+  labels:
+    description: Free-form labels stored in the manifest.
+    type: dict
+    default: {}
+"""

@@ -1,0 +1,286 @@
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to runbook.ops: the workflow every backup module shares. Not a public API.
+
+A subclass of BackupJob says how to read its source (``facts``), how to stream it (``produce``),
+which extra files belong to the artifact (``extras``) and how to check what was written
+(``inspect``). The job does the rest the same way for every kind: skip when a recent verified backup
+exists, check mode, the lock, the atomic pipeline, sidecars, the manifest last, upload (local first,
+then S3, or S3 only through a staging directory), uploads that failed earlier, and retention.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
+from ansible_collections.runbook.ops.plugins.module_utils import _s3
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+
+RESULT_KEYS = ("id", "path", "s3_uri", "size", "raw_size", "sha256", "duration", "verified")
+
+
+def backup_argument_spec():
+    """Options of every backup module (doc fragments runbook.ops.artifact_store and runbook.ops.backup)."""
+    spec = art.artifact_argument_spec()
+    spec.update(
+        compression=dict(type="str", default="zstd", choices=["zstd", "gzip", "none"]),
+        compression_level=dict(type="int"),
+        md5_sidecar=dict(type="bool", default=False),
+        verify=dict(type="bool", default=True),
+        skip_if_newer_than=dict(type="str"),
+        lock_timeout=dict(type="int", default=0),
+        labels=dict(type="dict", default={}),
+    )
+    return spec
+
+
+def encryption_key(module, params):
+    """The EncryptionKey the options ask for (passphrase hidden from output), or None."""
+    encryption = params.get("encryption")
+    if not encryption:
+        return None
+    if encryption.get("passphrase"):
+        module.no_log_values.add(encryption["passphrase"])
+    return art.EncryptionKey(**encryption)
+
+
+def work_dir(store):
+    """Where staging files and downloads go: store.work_dir, else the local store, else the system temp dir."""
+    base = store.get("work_dir") or (os.path.join(store["dir"], ".work") if store.get("dir") else tempfile.gettempdir())
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return base
+
+
+def catalog(store, kind, subject):
+    """Newest-first manifests from the local store, or from S3 when the store has no local directory."""
+    if store.get("dir"):
+        return art.catalog(store["dir"], kind, subject) if os.path.isdir(store["dir"]) else []
+    return _s3.catalog(store["s3"], kind, subject)
+
+
+def upload_artifact(s3, manifest, keep_local=True):
+    """Copy an artifact's files to S3, the manifest last; records s3_uri in the manifest."""
+    directory = os.path.dirname(manifest["path"])
+    relative = manifest["relative_dir"]
+    files = []
+    for name in [manifest["file"]] + list(manifest.get("extra_files") or []):
+        for suffix in ("", ".sha256", ".md5"):
+            if os.path.exists(os.path.join(directory, name + suffix)):
+                files.append((os.path.join(directory, name + suffix), "%s/%s%s" % (relative, name, suffix)))
+    manifest["s3_uri"] = _s3.upload(s3, files)[0]
+    stored = dict(manifest, path=manifest["path"] if keep_local else None)
+    art.write_manifest(manifest["manifest_path"], stored)
+    name = os.path.basename(manifest["manifest_path"])
+    _s3.upload(s3, [(manifest["manifest_path"], "%s/%s" % (relative, name))])
+    manifest["s3_manifest_key"] = _s3.key(s3, "%s/%s" % (relative, name))
+
+
+def result_view(manifest, extra_keys=()):
+    view = {k: manifest.get(k) for k in RESULT_KEYS + tuple(extra_keys)}
+    view["manifest"] = manifest.get("manifest_path") if manifest.get("path") else manifest.get("s3_manifest_key")
+    duration = manifest.get("duration") or 0
+    view["throughput_mb_s"] = round((manifest.get("raw_size") or 0) / 1e6 / duration, 1) if duration else None
+    return view
+
+
+class BackupJob:
+    kind = None
+    extension = None
+    result_keys = ()
+
+    def __init__(self, module, params, subject):
+        self.module = module
+        self.params = params
+        self.subject = subject
+        self.store = params["store"]
+        self.key = None
+        self.source = {}
+
+    # --- what a subclass provides -------------------------------------------------------------
+
+    def facts(self):
+        """Manifest fields about the source, read before anything is written (also in check mode)."""
+        raise NotImplementedError
+
+    def produce(self, sink):
+        """Stream the backup into ``sink.write``; returns extra manifest fields (tool versions ...)."""
+        raise NotImplementedError
+
+    def extras(self):
+        """(name suffix, produce function) pairs for extra files of the artifact."""
+        return []
+
+    def inspect(self, path, manifest):
+        """Check a written artifact beyond its checksum; returns manifest fields. Raise OpsError to reject it."""
+        return {}
+
+    # --- the workflow ---------------------------------------------------------------------------
+
+    def data_name(self, artifact_id, suffix=None):
+        name = artifact_id + (suffix or self.extension) + art.COMPRESSION_SUFFIX[self.params["compression"]]
+        return name + (art.ENCRYPTED_SUFFIX if self.key else "")
+
+    def run(self):
+        """Returns the module result (changed, backup, pruned, pruned_s3, uploaded_pending ...)."""
+        self.key = encryption_key(self.module, self.params)
+        self.source = self.facts()
+        existing = catalog(self.store, self.kind, self.subject)
+        recent = self.recent(existing)
+        if recent:
+            return dict(changed=False, backup=result_view(recent, self.result_keys), pruned=[], pruned_s3=[],
+                        uploaded_pending=[], skipped_reason="backup %s finished at %s, within %s" % (
+                            recent["id"], recent["finished"], self.params["skip_if_newer_than"]))
+        if self.module.check_mode:
+            return self.plan(existing)
+        lock_dir = self.store.get("dir") or work_dir(self.store)
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        with art.StoreLock(lock_dir, self.kind, self.subject, self.params["lock_timeout"]):
+            manifest, uploaded_pending = self.write_and_upload()
+            pruned, pruned_s3 = self.prune()
+        return dict(changed=True, backup=result_view(manifest, self.result_keys), pruned=pruned, pruned_s3=pruned_s3,
+                    uploaded_pending=uploaded_pending,
+                    diff={"before": "".join("%s\n" % i for i in sorted(set(pruned + pruned_s3))),
+                          "after": "%s\n" % (manifest.get("path") or manifest.get("s3_uri"))})
+
+    def recent(self, existing):
+        if not self.params["skip_if_newer_than"]:
+            return None
+        window = art.parse_age(self.params["skip_if_newer_than"])
+        now = art.utc_now()
+        for manifest in existing:
+            if manifest.get("verified") and now - art.parse_time(manifest["finished"]) < window:
+                return manifest
+        return None
+
+    def plan(self, existing):
+        now = art.utc_now()
+        retention = self.params["retention"] or {}
+        pruned = [m["id"] for m in art.select_retained(existing, now, **retention)[1]] if self.store.get("dir") else []
+        pruned_s3 = []
+        if self.store.get("s3") and retention:
+            pruned_s3 = [m["id"] for m in art.select_retained(_s3.catalog(self.store["s3"], self.kind, self.subject),
+                                                                 now, **retention)[1]]
+        name = self.data_name(art.backup_id(self.subject, now))
+        relative = "%s/%s" % (art.relative_dir(self.kind, now), name)
+        planned = os.path.join(self.store["dir"], relative) if self.store.get("dir") else _s3.uri(self.store["s3"], relative)
+        planned_view = dict({k: None for k in RESULT_KEYS}, path=planned if self.store.get("dir") else None,
+                            s3_uri=_s3.uri(self.store["s3"], relative) if self.store.get("s3") else None)
+        planned_view.update({k: self.source.get(k) for k in self.result_keys if k in self.source})
+        return dict(changed=True, backup=planned_view, pruned=pruned, pruned_s3=pruned_s3, uploaded_pending=[],
+                    diff={"before": "".join("%s\n" % i for i in sorted(set(pruned + pruned_s3))), "after": "%s\n" % planned})
+
+    def write_and_upload(self):
+        s3 = self.store.get("s3")
+        if self.store.get("dir"):
+            manifest = self.write_artifact(self.store["dir"])
+            uploaded_pending = []
+            if s3:
+                for pending in [m for m in art.catalog(self.store["dir"], self.kind, self.subject) if not m.get("s3_uri")]:
+                    upload_artifact(s3, pending)
+                    if pending["id"] == manifest["id"]:
+                        manifest.update(s3_uri=pending["s3_uri"], s3_manifest_key=pending["s3_manifest_key"])
+                    else:
+                        uploaded_pending.append(pending["id"])
+            return manifest, uploaded_pending
+        staging = tempfile.mkdtemp(prefix="staging-", dir=work_dir(self.store))
+        try:
+            manifest = self.write_artifact(staging)
+            upload_artifact(s3, manifest, keep_local=False)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        manifest["path"] = None
+        return manifest, []
+
+    def write_artifact(self, root):
+        started = art.utc_now()
+        artifact_id = art.backup_id(self.subject, started)
+        relative = art.relative_dir(self.kind, started)
+        directory = os.path.join(root, relative)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        path = os.path.join(directory, self.data_name(artifact_id))
+        written = []
+        try:
+            clock = time.monotonic()
+            sink, produced = self.stream(path, self.produce)
+            written.append(path)
+            duration = time.monotonic() - clock
+            manifest = self.describe(artifact_id, relative, path, sink, produced, started, duration)
+            art.write_sidecars(path, manifest["sha256"], manifest["md5"])
+            written += [path + ".sha256", path + ".md5"]
+            for suffix, produce in self.extras():
+                extra_path = os.path.join(directory, self.data_name(artifact_id, suffix))
+                extra_sink, extra_fields = self.stream(extra_path, produce)
+                written += [extra_path, extra_path + ".sha256", extra_path + ".md5"]
+                extra_md5 = extra_sink.md5.hexdigest() if extra_sink.md5 else None
+                art.write_sidecars(extra_path, extra_sink.sha256.hexdigest(), extra_md5)
+                manifest["extra_files"].append(os.path.basename(extra_path))
+                manifest.update(extra_fields)
+            if self.params["verify"]:
+                self.verify(path, manifest)
+            manifest_file = art.manifest_path(path, artifact_id)
+            art.write_manifest(manifest_file, manifest)
+        except BaseException:
+            for leftover in written:
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+            raise
+        manifest["manifest_path"] = manifest_file
+        return manifest
+
+    def stream(self, path, produce):
+        sink = art.ArtifactSink(path, self.params["compression"], self.params["compression_level"], self.key,
+                                md5=self.params["md5_sidecar"])
+        try:
+            fields = produce(sink)
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+        return sink, fields or {}
+
+    def describe(self, artifact_id, relative, path, sink, produced, started, duration):
+        manifest = {
+            "format_version": art.FORMAT_VERSION, "id": artifact_id, "kind": self.kind, "source_host": socket.getfqdn(),
+            "database": self.subject, "compression": self.params["compression"],
+            "compression_level": self.params["compression_level"], "encrypted": bool(self.key),
+            "key_id": self.key.key_id if self.key else None, "file": os.path.basename(path), "path": path,
+            "relative_dir": relative, "extra_files": [], "size": sink.size, "raw_size": sink.raw_bytes,
+            "sha256": sink.sha256.hexdigest(), "md5": sink.md5.hexdigest() if sink.md5 else None,
+            "started": art.format_time(started), "finished": art.format_time(art.utc_now()),
+            "duration": round(duration, 3), "labels": self.params["labels"], "verified": False, "s3_uri": None,
+        }
+        manifest.update(self.source)
+        manifest.update(produced)
+        return manifest
+
+    def verify(self, path, manifest):
+        directory = os.path.dirname(path)
+        for name in [manifest["file"]] + manifest["extra_files"]:
+            expected = manifest["sha256"] if name == manifest["file"] else art.read_sidecar(os.path.join(directory, name))
+            sha256, _md5 = art.file_digests(os.path.join(directory, name))
+            if sha256 != expected:
+                raise OpsError("verification failed: %s reads back with sha256 %s, not %s; the disk or filesystem is "
+                               "corrupting data; no backup was kept" % (name, sha256, expected))
+        manifest.update(self.inspect(path, manifest))
+        manifest["verified"] = True
+
+    def prune(self):
+        retention = self.params["retention"]
+        if not retention:
+            return [], []
+        now = art.utc_now()
+        pruned, pruned_s3 = [], []
+        if self.store.get("dir"):
+            for old in art.select_retained(art.catalog(self.store["dir"], self.kind, self.subject), now, **retention)[1]:
+                art.delete_artifact(old)
+                pruned.append(old["id"])
+        if self.store.get("s3"):
+            for old in art.select_retained(_s3.catalog(self.store["s3"], self.kind, self.subject), now, **retention)[1]:
+                _s3.delete_artifact(self.store["s3"], old)
+                pruned_s3.append(old["id"])
+        return pruned, pruned_s3
