@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 BIN        := $(VENV)/bin
+PIP        := $(VENV)/bin/pip
 COLLECTIONS := $(CURDIR)/collections
 INSTALLED  := $(COLLECTIONS)/ansible_collections/runbook/ops
 DEMO_DIR   ?= $(CURDIR)/.demo
@@ -81,6 +82,8 @@ sanity: install
 	@grep -c '^Running sanity test' .deps/sanity.log | xargs -I{} echo "ansible-test sanity: {} tests ran"
 
 lint: install
+	@# a stale copy of this collection in ~/.ansible/collections would shadow collections/
+	@rm -rf $(HOME)/.ansible/collections/ansible_collections/runbook
 	$(BIN)/ansible-lint --offline --profile production
 
 doc: install
@@ -94,6 +97,8 @@ molecule: install
 	@for s in molecule/*/; do s=$$(basename $$s); $(BIN)/molecule reset -s $$s >/dev/null 2>&1; $(BIN)/molecule test -s $$s || exit 1; done
 
 bench: install
+	@test -d $(CURDIR)/.deps/bench-ansible/ansible_collections/community/postgresql || \
+	  $(PIP) install --quiet --no-deps --target $(CURDIR)/.deps/bench-ansible "ansible>=12,<13"
 	@for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean: demo-down

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Where backups live, how they are encrypted and how long they are kept; shared by backup and restore modules."""
+    """Where backups live and how they are encrypted (DOCUMENTATION), and how long they are kept (RETENTION).
+
+    Restore modules extend DOCUMENTATION and document C(store) again with only C(required: false).
+    """
 
     DOCUMENTATION = r"""
 options:
@@ -73,7 +76,10 @@ options:
         type: path
       passphrase:
         description: Passphrase, stretched with scrypt. Never shown.
-        type: str
+        type: str"""
+
+    RETENTION = r"""
+options:
   retention:
     description:
       - Which older backups of the same database to keep; the union of the rules is kept and the rest pruned.
@@ -94,5 +100,4 @@ options:
         type: int
       keep_monthly:
         description: Keep the newest backup of each of the last N months that have one.
-        type: int
-"""
+        type: int"""

@@ -611,8 +611,9 @@ def _read_text(path):
 
 # --- options shared by every backup and restore module (doc fragment runbook.ops.artifact_store) ----
 
-def artifact_argument_spec():
-    return dict(
+def artifact_argument_spec(for_restore=False):
+    """store, encryption and (for backups) retention; restores take an optional store and no retention."""
+    spec = dict(
         store=dict(type="dict", required=True, required_one_of=[("dir", "s3")], options=dict(
             dir=dict(type="path"),
             work_dir=dict(type="path"),
@@ -640,3 +641,7 @@ def artifact_argument_spec():
             keep_monthly=dict(type="int"),
         )),
     )
+    if for_restore:
+        spec["store"]["required"] = False
+        del spec["retention"]
+    return spec

@@ -163,8 +163,8 @@ class BackupJob:
         pruned = [m["id"] for m in art.select_retained(existing, now, **retention)[1]] if self.store.get("dir") else []
         pruned_s3 = []
         if self.store.get("s3") and retention:
-            pruned_s3 = [m["id"] for m in art.select_retained(_s3.catalog(self.store["s3"], self.kind, self.subject),
-                                                                 now, **retention)[1]]
+            remote = _s3.catalog(self.store["s3"], self.kind, self.subject)
+            pruned_s3 = [m["id"] for m in art.select_retained(remote, now, **retention)[1]]
         name = self.data_name(art.backup_id(self.subject, now))
         relative = "%s/%s" % (art.relative_dir(self.kind, now), name)
         planned = os.path.join(self.store["dir"], relative) if self.store.get("dir") else _s3.uri(self.store["s3"], relative)

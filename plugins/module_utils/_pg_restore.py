@@ -32,8 +32,7 @@ USER_TABLES = ("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n 
 
 def argument_spec():
     spec = dict(pg.CONNECTION_OPTIONS)
-    spec.update(art.artifact_argument_spec())
-    spec["store"] = dict(spec["store"], required=False)
+    spec.update(art.artifact_argument_spec(for_restore=True))
     spec.update(
         db=dict(type="str", required=True, aliases=["login_db"]),
         src=dict(type="str", required=True),

@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - runbook.ops.attributes
   - runbook.ops.postgres
   - runbook.ops.artifact_store
+  - runbook.ops.artifact_store.retention
   - runbook.ops.backup
 attributes:
   check_mode:

@@ -40,6 +40,12 @@ attributes:
     support: none
     details: Every run restores again. O(validate_only=true) never changes anything.
 options:
+  store:
+    description:
+      - The store to find O(src=latest) in, to download C(s3://) sources with, and to keep the safety backup in.
+      - Needed for O(src=latest) and O(safety_backup); a path O(src) with O(safety_backup=false) needs none.
+    type: dict
+    required: false
   db:
     description: Target database.
     type: str

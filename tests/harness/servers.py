@@ -362,7 +362,47 @@ def cmd_up(args):
         state["s3"] = dict(s3.describe(), pid=s3.proc.pid)
     state_file.write_text(json.dumps(state, indent=2))
     os.chmod(state_file, 0o600)
+    seed_demo(pg, S3Server(state_dir / "s3", port=args.s3_port))
     print("PostgreSQL 127.0.0.1:%d  Redis 127.0.0.1:%d  S3 %s" % (args.pg_port, args.redis_port, state["s3"]["endpoint_url"]))
+
+
+DEMO_SEED = """
+CREATE SCHEMA IF NOT EXISTS shop;
+CREATE TABLE shop.customers (id serial PRIMARY KEY, name text NOT NULL, city text, created timestamptz DEFAULT now());
+CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer_id int REFERENCES shop.customers, total numeric(10, 2),
+                          items jsonb, placed timestamptz DEFAULT now());
+CREATE INDEX orders_customer ON shop.orders (customer_id);
+INSERT INTO shop.customers (name, city)
+  SELECT 'Customer ' || i || ' ' || md5(i::text), (ARRAY['Harare', 'Zürich', 'Kraków', '東京'])[1 + i % 4]
+  FROM generate_series(1, 2000) i;
+INSERT INTO shop.orders (customer_id, total, items)
+  SELECT 1 + i % 2000, (i % 997) / 7.0, jsonb_build_object('sku', md5(i::text), 'qty', i % 5 + 1)
+  FROM generate_series(1, 20000) i;
+CREATE VIEW shop.revenue_by_city AS
+  SELECT c.city, sum(o.total) FROM shop.orders o JOIN shop.customers c ON c.id = o.customer_id GROUP BY c.city;
+"""
+
+
+def seed_demo(pg, s3):
+    """The demo platform's data: an `app` database and the S3 bucket backups are copied to (both idempotent)."""
+    import psycopg2
+
+    conn = psycopg2.connect(**pg.conninfo("postgres"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = 'app'")
+        created = cur.fetchone() is None
+        if created:
+            cur.execute("CREATE DATABASE app")
+    conn.close()
+    if created:
+        conn = psycopg2.connect(**pg.conninfo("app"))
+        with conn, conn.cursor() as cur:
+            cur.execute(DEMO_SEED)
+        conn.close()
+    client = s3.client()
+    if "runbook-demo" not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        client.create_bucket(Bucket="runbook-demo")
 
 
 def cmd_down(args):

@@ -77,8 +77,6 @@ def pg_dump_text(pg, db):
     return "\n".join(line for line in text.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
-
-
 RESTORE = "Restore the database"
 
 

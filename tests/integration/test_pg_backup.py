@@ -10,7 +10,6 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from servers import PG_BIN, free_port

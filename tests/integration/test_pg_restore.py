@@ -180,8 +180,8 @@ def damage(path, how):
 
 @pytest.mark.parametrize("case", ["changed byte", "truncated", "wrong key", "not a backup", "changed byte, no manifest",
                                   "truncated openssl"])
-def test_bad_input_is_refused_by_validate_only_and_restore_and_the_target_is_untouched(ansible, pg, database, tmp_path,
-                                                                                         cleanup, case):
+def test_bad_input_is_refused_by_validate_only_and_restore_and_the_target_is_untouched(
+        ansible, pg, database, tmp_path, cleanup, case):
     cleanup.append(database + "_restore_")
     store = {"dir": str(tmp_path / "store")}
     encryption = {"passphrase": "right-passphrase"}
