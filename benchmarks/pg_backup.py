@@ -59,7 +59,7 @@ class Bench:
         return time.perf_counter() - started
 
     def psql(self, statement, db="postgres"):
-        subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", statement],
+        subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db], input=statement.encode(),
                        env=self.env, check=True, stdout=subprocess.DEVNULL)
 
     def playbook(self, name, task):

@@ -260,10 +260,14 @@ class Decryptor:
 # --- atomic files ---------------------------------------------------------------------------------
 
 class AtomicWriter:
-    """Write to ``.<name>.partial`` in the same directory, then fsync and rename; 0600 throughout."""
+    """Write to ``.<name>.partial`` in the same directory, then fsync and rename; 0600 throughout.
 
-    def __init__(self, path):
+    ``durable=False`` skips the fsyncs, for scratch files that are thrown away after the task.
+    """
+
+    def __init__(self, path, durable=True):
         self.path = path
+        self.durable = durable
         directory, name = os.path.split(path)
         self.tmp = os.path.join(directory, ".%s.partial" % name)
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -281,10 +285,12 @@ class AtomicWriter:
 
     def commit(self):
         try:
-            os.fsync(self.handle.fileno())
+            if self.durable:
+                os.fsync(self.handle.fileno())
             self.handle.close()
             os.rename(self.tmp, self.path)
-            fsync_dir(os.path.dirname(self.path))
+            if self.durable:
+                fsync_dir(os.path.dirname(self.path))
         except OSError as exc:
             self.abort()
             raise _write_error(self.path, exc)

@@ -12,6 +12,7 @@ import tempfile
 from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
 from ansible_collections.runbook.ops.plugins.module_utils import _postgres as pg
+from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
 KIND = "postgres"
@@ -58,7 +59,7 @@ class PgBackupJob(_backup.BackupJob):
         if self.params["format"] == "directory":
             self.dump_directory(pg_dump, sink, what)
         else:
-            pg.stream_command(pg.dump_argv(pg_dump, self.params["format"], self.subject), self.env, sink, what)
+            proc.stream_command(pg.dump_argv(pg_dump, self.params["format"], self.subject), self.env, sink, what)
         return {"tool_versions": {"pg_dump": pg.tool_version(pg_dump)}}
 
     def dump_directory(self, pg_dump, sink, what):
@@ -66,7 +67,7 @@ class PgBackupJob(_backup.BackupJob):
         scratch = tempfile.mkdtemp(prefix=".pgdump-", dir=_backup.work_dir(self.store))
         target = os.path.join(scratch, "dump")
         try:
-            pg.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"], target), self.env,
+            proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"], target), self.env,
                         what + " (directory format)")
             names = sorted(os.listdir(target))
             if "toc.dat" not in names:
@@ -85,7 +86,7 @@ class PgBackupJob(_backup.BackupJob):
     def produce_globals(self, sink):
         pg_dumpall = self.tool("pg_dumpall")
         role_passwords = bool(self.server.get("superuser"))
-        pg.stream_command(pg.globals_argv(pg_dumpall, role_passwords), pg.libpq_env(self.params, "postgres"), sink,
+        proc.stream_command(pg.globals_argv(pg_dumpall, role_passwords), pg.libpq_env(self.params, "postgres"), sink,
                           "pg_dumpall --globals-only")
         return {"globals_file": os.path.basename(sink.writer.path), "globals_role_passwords": role_passwords}
 

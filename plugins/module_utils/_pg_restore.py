@@ -21,6 +21,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as a
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
 from ansible_collections.runbook.ops.plugins.module_utils import _pg_backup
 from ansible_collections.runbook.ops.plugins.module_utils import _postgres as pg
+from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
 from ansible_collections.runbook.ops.plugins.module_utils import _sources
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
 
@@ -135,7 +136,7 @@ class PgRestore:
         prepared = {"source": source, "file": None, "directory": None}
         if source.is_directory:
             prepared.update(format="directory", directory=source.path)
-            self.report["toc_entries"] = pg.count_toc(pg.run_tool([self.tool("pg_restore"), "--list", source.path],
+            self.report["toc_entries"] = pg.count_toc(proc.run_tool([self.tool("pg_restore"), "--list", source.path],
                                                                   self.env(), "pg_restore --list rejects %s:" % source.location))
         else:
             chunks = source.plaintext(self.secrets)
@@ -173,7 +174,7 @@ class PgRestore:
         elif materialize:
             self.check_space(source)
             prepared["file"] = os.path.join(self.scratch_root, "archive.dump")
-            writer = art.AtomicWriter(prepared["file"])
+            writer = art.AtomicWriter(prepared["file"], durable=False)
             try:
                 for data in stream:
                     writer.write(data)
@@ -181,7 +182,7 @@ class PgRestore:
             except BaseException:
                 writer.abort()
                 raise
-            self.report["toc_entries"] = pg.count_toc(pg.run_tool([pg_restore, "--list", prepared["file"]], self.env(),
+            self.report["toc_entries"] = pg.count_toc(proc.run_tool([pg_restore, "--list", prepared["file"]], self.env(),
                                                                   "pg_restore --list rejects the archive:"))
         else:
             self.report["toc_entries"] = pg.list_archive(pg_restore, stream, self.env())
@@ -212,7 +213,7 @@ class PgRestore:
             raise OpsError("the tar archive has no toc.dat: it is not a pg_dump tar or directory-format dump")
         if materialize:
             prepared["directory"] = target
-            self.report["toc_entries"] = pg.count_toc(pg.run_tool([self.tool("pg_restore"), "--list", target],
+            self.report["toc_entries"] = pg.count_toc(proc.run_tool([self.tool("pg_restore"), "--list", target],
                                                                   self.env(), "pg_restore --list rejects the archive:"))
         else:
             self.report["toc_entries"] = len(names) - 1
@@ -328,7 +329,7 @@ class PgRestore:
                 stream = _prepend(b"SET ROLE %s;\n" % quote_ident(role).encode(), stream)
             argv = [self.tool("psql"), "--no-password", "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1",
                     "--single-transaction", "--dbname", database, "--file", "-"]
-            pg.feed_command(argv, env, stream, "psql restoring into %s" % database)
+            proc.feed_command(argv, env, stream, "psql restoring into %s" % database)
             self.report["jobs"] = 1
             return
         argv = [self.tool("pg_restore"), "--no-password", "--exit-on-error", "--dbname", database]
@@ -345,9 +346,9 @@ class PgRestore:
         self.report["jobs"] = jobs
         what = "pg_restore into %s" % database
         if location:
-            pg.run_tool(argv + [location], env, what)
+            proc.run_tool(argv + [location], env, what)
         else:
-            pg.feed_command(argv, env, prepared["source"].plaintext(self.secrets), what)
+            proc.feed_command(argv, env, prepared["source"].plaintext(self.secrets), what)
 
     def check(self, database):
         conn = pg.connect(self.params, database)

@@ -75,8 +75,8 @@ def upload(s3, files):
 
 
 def download(s3, bucket, name, path):
-    """Fetch one object to ``path`` atomically (0600); OpsError when it is missing or the endpoint fails."""
-    writer = art.AtomicWriter(path)
+    """Fetch one object to ``path`` (0600, scratch: no fsync); OpsError when it is missing or the endpoint fails."""
+    writer = art.AtomicWriter(path, durable=False)
     try:
         client(s3).download_fileobj(bucket, name, writer, Config=_transfer_config())
         writer.commit()

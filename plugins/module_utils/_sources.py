@@ -163,8 +163,12 @@ def find_manifest(path):
 def _latest(store, kind, subject, scratch_dir):
     if not store.get("dir") and not store.get("s3"):
         raise OpsError("src: latest needs store.dir or store.s3 to find backups in")
-    candidates = [m for m in _backup.catalog(store, kind, subject)
-                  if m.get("verified") and (m.get("labels") or {}).get("purpose") != SAFETY_PURPOSE]
+    def usable(manifests):
+        return [m for m in manifests if m.get("verified") and (m.get("labels") or {}).get("purpose") != SAFETY_PURPOSE]
+
+    candidates = usable(_backup.catalog(store, kind, subject))
+    if not candidates and store.get("dir") and store.get("s3"):
+        candidates = usable(_s3.catalog(store["s3"], kind, subject))  # a new host: only the offsite copies exist
     if not candidates:
         where = store.get("dir") or _s3.uri(store["s3"], kind + "/")
         raise OpsError("no verified backup of %r in %s: take one with the backup module or give src as a path" % (subject, where))

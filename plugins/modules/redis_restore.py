@@ -1,0 +1,262 @@
+#!/usr/bin/python
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_restore
+short_description: Restore a Redis dataset into a live server, or by swapping the RDB file on the Redis host
+version_added: 0.1.0
+description:
+  - Reads the whole backup first (checksum from the manifest or a C(.sha256)/C(.md5) sidecar, decryption,
+    decompression, RDB header and end marker) and refuses bad input before the target is touched.
+  - In O(mode=live) the target stays online and is never restarted. The RDB is loaded by a private C(redis-server)
+    on a free loopback port (so Redis itself parses it, whatever its version), its key counts are checked against
+    the manifest, and keys are copied to the target in batches by C(MIGRATE ... COPY KEYS) from that server (through
+    this host with C(DUMP)/C(RESTORE) when MIGRATE cannot reach the target, for example over TLS), keeping TTLs.
+  - In O(mode=file) the service is stopped, the old RDB and AOF are kept aside, the new RDB is put in place with AOF
+    off for the load, the service is started, key counts are checked against the manifest, and AOF is turned back on
+    (and the config file put back as it was). Any failure puts the old files back and starts the service again.
+author:
+  - runbook.ops maintainers (@runbook-ops)
+extends_documentation_fragment:
+  - runbook.ops.attributes
+  - runbook.ops.redis
+  - runbook.ops.artifact_store
+attributes:
+  check_mode:
+    support: full
+    details: Validates the backup (including the load into a private server) and reports what would happen.
+  diff_mode:
+    support: full
+    details: Shows the target's key counts before and the backup restored after.
+  idempotent:
+    support: none
+    details: Every run restores again; O(validate_only=true) never changes anything.
+options:
+  store:
+    description:
+      - The store to find O(src=latest) in, to download C(s3://) sources with, and to keep the safety backup in.
+    type: dict
+    required: false
+  src:
+    description: A path on the host, an C(s3://bucket/key) uri, or V(latest) (newest verified backup of O(name), safety backups skipped).
+    type: str
+    required: true
+  name:
+    description: Instance name whose backups O(src=latest) picks from, and under which safety backups are stored.
+    type: str
+    default: redis
+  mode:
+    description: V(live) copies keys into the running target; V(file) swaps the RDB file and restarts the service.
+    type: str
+    default: live
+    choices: [live, file]
+  validate_only:
+    description: Check the backup (checksum, decoding, and a load into a private redis-server) and change nothing.
+    type: bool
+    default: false
+  safety_backup:
+    description: Back up the target first when it has keys (V(false) is the platforms' C(--no-backup)).
+    type: bool
+    default: true
+  force:
+    description:
+      - Required when the target has keys and neither O(flush_first) nor O(existing_keys) says what to do with them.
+        With O(existing_keys=fail), a key that exists still fails the restore before anything is written.
+    type: bool
+    default: false
+  flush_first:
+    description: Empty the target dbs being restored first (C(FLUSHDB), or C(SCAN) + C(UNLINK) where FLUSHDB is disabled or renamed).
+    type: bool
+    default: false
+  existing_keys:
+    description:
+      - What to do with keys of the backup that exist in the target. V(fail) checks every key first and writes
+        nothing if one exists; V(replace) overwrites; V(skip) keeps the target's key. Defaults to V(fail).
+    type: str
+    choices: [fail, replace, skip]
+  replace:
+    description: Shorthand for O(existing_keys=replace).
+    type: bool
+    default: false
+  key_pattern:
+    description: Restore only keys matching this glob (C(SCAN MATCH)); a pattern that matches nothing fails.
+    type: str
+  db_map:
+    description: Restore db N of the backup into db M of the target (V({0: 3})); other dbs keep their number.
+    type: dict
+    default: {}
+  batch_size:
+    description: Keys per MIGRATE or pipeline batch.
+    type: int
+    default: 1000
+  transport:
+    description: V(migrate) (server to server), V(dump) (DUMP/RESTORE through this host), or V(auto) (migrate, dump over TLS or when MIGRATE fails).
+    type: str
+    default: auto
+    choices: [auto, migrate, dump]
+  load_timeout:
+    description: Seconds to wait for a Redis server to load the RDB.
+    type: int
+    default: 600
+  service:
+    description: With O(mode=file), the systemd unit to stop and start.
+    type: str
+  stop_command:
+    description: With O(mode=file), a command (argv list) that stops the server, instead of O(service).
+    type: list
+    elements: str
+  start_command:
+    description: With O(mode=file), a command (argv list) that starts the server, instead of O(service).
+    type: list
+    elements: str
+  data_dir:
+    description: With O(mode=file), the server's data directory when C(CONFIG GET dir) is disabled.
+    type: path
+  dbfilename:
+    description: With O(mode=file), the RDB file name when C(CONFIG GET dbfilename) is disabled.
+    type: str
+  config_file:
+    description: With O(mode=file), the server's config file (from C(INFO server) by default); needed when AOF is on.
+    type: path
+  keep_previous:
+    description: With O(mode=file), keep the old RDB and AOF as C(<name>.pre_restore_<timestamp>).
+    type: bool
+    default: true
+seealso:
+  - module: runbook.ops.redis_backup
+"""
+
+EXAMPLES = r"""
+- name: Check the newest backup without touching the server (the platforms' --validate-only)
+  runbook.ops.redis_restore:
+    name: cache
+    src: latest
+    validate_only: true
+    store:
+      dir: /var/backups/redis
+
+- name: Restore into the live server, emptying it first (the platforms' --force --flush-first)
+  runbook.ops.redis_restore:
+    name: cache
+    src: latest
+    flush_first: true
+    login_password: "{{ vault_redis_password }}"
+    store:
+      dir: /var/backups/redis
+    encryption:
+      key_file: /etc/runbook/backup.key
+  register: restored
+
+- name: Cold restore on the Redis host
+  runbook.ops.redis_restore:
+    src: /var/backups/redis/redis/2026/01/26/cache_20260126_120000.rdb.zst
+    mode: file
+    service: redis-server
+    store:
+      dir: /var/backups/redis
+"""
+
+RETURN = r"""
+restore:
+  description: What was read, checked and restored.
+  returned: success
+  type: dict
+  contains:
+    src:
+      description: The source as resolved.
+      type: str
+    id:
+      description: Backup id.
+      type: str
+    checksum:
+      description: Where the expected checksum came from (V(manifest), V(sidecar)), or null.
+      type: str
+    sha256:
+      description: sha256 of the file read.
+      type: str
+    layers:
+      description: Layers peeled off, outermost first.
+      type: list
+      elements: str
+    rdb_version:
+      description: RDB format version.
+      type: int
+    backup_keys:
+      description: Keys per db in the backup, as loaded by Redis.
+      type: dict
+    valid:
+      description: With O(validate_only), true when every check passed.
+      type: bool
+    mode:
+      description: Restore mode.
+      type: str
+    policy:
+      description: The existing-keys policy applied.
+      type: str
+    per_db:
+      description: For each db of the backup, the target db and the keys restored, skipped and failed, and the transport.
+      type: dict
+    restored:
+      description: Keys written.
+      type: int
+    skipped:
+      description: Keys left as they were because they existed (O(existing_keys=skip)).
+      type: int
+    failed:
+      description: Keys that could not be written.
+      type: int
+    flushed:
+      description: With O(flush_first), keys removed per target db.
+      type: dict
+    sample:
+      description: Keys compared between backup and target after the restore (value and TTL), and how many differed.
+      type: dict
+    target_keys_before:
+      description: Keys per db in the target before.
+      type: dict
+    target_keys_after:
+      description: Keys per db in the target after.
+      type: dict
+    safety_backup:
+      description: The backup of the target taken first (id, path, s3_uri, size, duration), or null.
+      type: dict
+    previous_files:
+      description: With O(mode=file), where the old RDB and AOF were kept.
+      type: list
+      elements: str
+    keys_per_second:
+      description: Keys restored per second.
+      type: int
+    read_duration:
+      description: Seconds spent reading and checking the backup.
+      type: float
+    load_duration:
+      description: Seconds spent writing into the target (live) or swapping and reloading (file).
+      type: float
+    duration:
+      description: Seconds for the whole task.
+      type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import RedisRestore, argument_spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           mutually_exclusive=[("existing_keys", "replace"), ("service", "stop_command")],
+                           required_together=[("stop_command", "start_command")])
+    try:
+        result = RedisRestore(module, module.params).run()
+    except OpsError as exc:
+        module.fail_json(msg=exc.message, **exc.details)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
