@@ -362,7 +362,7 @@ def cmd_up(args):
         state["s3"] = dict(s3.describe(), pid=s3.proc.pid)
     state_file.write_text(json.dumps(state, indent=2))
     os.chmod(state_file, 0o600)
-    seed_demo(pg, S3Server(state_dir / "s3", port=args.s3_port))
+    seed_demo(pg, S3Server(state_dir / "s3", port=args.s3_port), args.redis_port, args.redis_password)
     print("PostgreSQL 127.0.0.1:%d  Redis 127.0.0.1:%d  S3 %s" % (args.pg_port, args.redis_port, state["s3"]["endpoint_url"]))
 
 
@@ -383,8 +383,8 @@ CREATE VIEW shop.revenue_by_city AS
 """
 
 
-def seed_demo(pg, s3):
-    """The demo platform's data: an `app` database and the S3 bucket backups are copied to (both idempotent)."""
+def seed_demo(pg, s3, redis_port, redis_password):
+    """The demo platform's data: an `app` database, cache keys, and the S3 bucket backups go to (idempotent)."""
     import psycopg2
 
     conn = psycopg2.connect(**pg.conninfo("postgres"))
@@ -400,6 +400,16 @@ def seed_demo(pg, s3):
         with conn, conn.cursor() as cur:
             cur.execute(DEMO_SEED)
         conn.close()
+    cache = RedisServer(Path("/nonexistent"), port=redis_port, password=redis_password).client()
+    if not cache.dbsize():
+        pipe = cache.pipeline()
+        for i in range(2000):
+            pipe.hset("session:%d" % i, mapping={"user": i, "cart": "sku-%d" % (i % 97)})
+            pipe.expire("session:%d" % i, 86400)
+        pipe.rpush("celery", *["task-%d" % i for i in range(500)])
+        pipe.zadd("leaderboard", {"player%d" % i: i for i in range(300)})
+        pipe.set("feature:checkout-v2", "on")
+        pipe.execute()
     client = s3.client()
     if "runbook-demo" not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
         client.create_bucket(Bucket="runbook-demo")
