@@ -167,25 +167,29 @@ def free_port():
 class ScratchServer:
     """A private redis-server on a free loopback port that loads an RDB file; Redis itself parses the data."""
 
-    def __init__(self, directory, rdb_name="dump.rdb"):
+    def __init__(self, directory, name="scratch", rdb_name="dump.rdb"):
         self.directory = directory
+        self.name = name
         self.rdb_name = rdb_name
         self.port = free_port()
         self.password = secrets.token_hex(16)
-        self.log = os.path.join(directory, "scratch-redis.log")
+        self.log = os.path.join(directory, name + ".log")
         self.proc = None
 
-    def start(self, timeout):
+    def launch(self):
         binary = shutil.which("redis-server")
         if not binary:
             raise OpsError("redis-server is not installed on the host; live restores load the backup into a private "
                            "redis-server first: install the redis-server package")
-        conf = os.path.join(self.directory, "scratch-redis.conf")
+        conf = os.path.join(self.directory, self.name + ".conf")
         with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             handle.write("port %d\nbind 127.0.0.1\nprotected-mode yes\ndir %s\ndbfilename %s\nappendonly no\nsave \"\"\n"
                          "daemonize no\nlogfile %s\nrequirepass %s\n"
                          % (self.port, self.directory, self.rdb_name, self.log, self.password))
         self.proc = subprocess.Popen([binary, conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.directory)
+
+    def wait(self, timeout):
+        """A client once the server has loaded the RDB; OpsError with Redis's own words when it cannot."""
         params = {"login_host": "127.0.0.1", "login_port": self.port, "login_password": self.password}
         deadline = time.monotonic() + timeout
         while True:
@@ -197,10 +201,12 @@ class ScratchServer:
                     return conn
             except OpsError:
                 pass
+            except Exception:  # BusyLoadingError and friends while the server starts
+                pass
             if time.monotonic() > deadline:
                 self.stop()
                 raise OpsError("the scratch redis-server did not finish loading the backup in %ss" % timeout)
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def log_tail(self):
         try:

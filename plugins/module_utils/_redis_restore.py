@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import time
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
@@ -42,10 +44,11 @@ def argument_spec():
         flush_first=dict(type="bool", default=False),
         existing_keys=dict(type="str", choices=["fail", "replace", "skip"]),
         replace=dict(type="bool", default=False),
-        key_pattern=dict(type="str"),
+        key_pattern=dict(type="str", no_log=False),
         db_map=dict(type="dict", default={}),
         batch_size=dict(type="int", default=1000),
         transport=dict(type="str", default="auto", choices=["auto", "migrate", "dump"]),
+        scratch_servers=dict(type="int", default=2),
         load_timeout=dict(type="int", default=600),
         service=dict(type="str"),
         stop_command=dict(type="list", elements="str"),
@@ -83,21 +86,26 @@ class RedisRestore:
             self.report.update(src=source.location, id=source.id, path=source.path, checksum=source.checksum_origin)
             rdb = self.decode(source, scratch_dir)
             expected = self.expected_keys(source)
-            scratch = rd.ScratchServer(scratch_dir)
-            loaded = scratch.start(self.params["load_timeout"]) if (self.params["mode"] == "live" or
-                                                                     self.params["validate_only"]) else None
+            live = self.params["mode"] == "live" and not self.params["validate_only"]
+            count = max(1, self.params["scratch_servers"]) if live else 1
+            scratches = [rd.ScratchServer(scratch_dir, "scratch%d" % i) for i in range(count)]
             try:
-                if loaded is not None:
-                    self.check_loaded(loaded, expected)
+                loaded = []
+                if live or self.params["validate_only"]:
+                    for server in scratches:
+                        server.launch()
+                    loaded = [server.wait(self.params["load_timeout"]) for server in scratches]
+                    self.check_loaded(loaded[0], expected)
                 if self.params["validate_only"]:
                     self.report["valid"] = True
                     result = dict(changed=False, restore=self.report)
-                elif self.params["mode"] == "live":
-                    result = self.restore_live(loaded, scratch, target)
+                elif live:
+                    result = self.restore_live(loaded, target)
                 else:
                     result = self.restore_file(target, rdb, expected)
             finally:
-                scratch.stop()
+                for server in scratches:
+                    server.stop()
         finally:
             shutil.rmtree(scratch_dir, ignore_errors=True)
         result["restore"]["duration"] = round(time.monotonic() - clock, 3)
@@ -143,8 +151,9 @@ class RedisRestore:
 
     # --- live ---------------------------------------------------------------------------------------
 
-    def restore_live(self, loaded, scratch, target):
+    def restore_live(self, scratches, target):
         params = self.params
+        loaded = scratches[0]
         source_dbs = sorted(rd.keyspace(loaded))
         plan = [(db, self.db_map.get(db, db)) for db in source_dbs]
         before = rd.keyspace(target)
@@ -163,7 +172,7 @@ class RedisRestore:
             self.refuse_collisions(target, plan, batches)
         diff = {"before": "".join("db%s: %d keys\n" % item for item in sorted(before.items())),
                 "after": "restored from %s with policy %s%s\n" % (self.report["id"], self.policy,
-                                                                 ", flushed first" if params["flush_first"] else "")}
+                                                                  ", flushed first" if params["flush_first"] else "")}
         if self.module.check_mode:
             self.report["safety_backup"] = "would be taken" if params["safety_backup"] and sum(before.values()) else None
             return dict(changed=True, restore=self.report, diff=diff)
@@ -173,7 +182,7 @@ class RedisRestore:
             self.report["flushed"] = {str(dst): self.flush(target, dst) for dst in touched}
         per_db = {}
         for src_db, dst_db in plan:
-            per_db[str(src_db)] = self.copy_db(loaded, target, src_db, dst_db, batches[src_db])
+            per_db[str(src_db)] = self.copy_db(scratches, target, src_db, dst_db, batches[src_db])
         self.report["load_duration"] = round(time.monotonic() - clock, 3)
         restored = sum(d["restored"] for d in per_db.values())
         self.report.update(per_db=per_db, restored=restored, skipped=sum(d["skipped"] for d in per_db.values()),
@@ -184,9 +193,9 @@ class RedisRestore:
         if self.report["failed"] or self.report["sample"]["mismatched"]:
             raise OpsError("the restore wrote %d keys but %d failed and %d sampled keys differ (%s); per db: %s. The "
                            "safety backup %s holds the previous data" % (restored, self.report["failed"],
-                                                                        self.report["sample"]["mismatched"],
-                                                                        ", ".join(self.report["sample"]["examples"]), per_db,
-                                                                 (self.report["safety_backup"] or {}).get("id")),
+                                                                         self.report["sample"]["mismatched"],
+                                                                         ", ".join(self.report["sample"]["examples"]), per_db,
+                                                                         (self.report["safety_backup"] or {}).get("id")),
                            restore=self.report)
         return dict(changed=restored > 0 or bool(params["flush_first"]), restore=self.report, diff=diff)
 
@@ -227,37 +236,43 @@ class RedisRestore:
                 conn.unlink(*batch)
         return count
 
-    def copy_db(self, loaded, target, src_db, dst_db, batches):
+    def copy_db(self, scratches, target, src_db, dst_db, batches):
+        """MIGRATE batches from several scratch servers at once: while one serializes, the target restores another's."""
         stats = {"target_db": dst_db, "restored": 0, "skipped": 0, "failed": 0}
-        source = _select(loaded, src_db)
         dest = _select(target, dst_db)
+        if self.policy == "skip" and not self.params["flush_first"]:
+            batches = [self.without_existing(dest, batch, stats) for batch in batches]
+        batches = [keys for keys in batches if keys]
         transport = self.params["transport"]
         if transport == "auto":
             transport = "dump" if self.params["tls"] else "migrate"
-        for batch in batches:
-            keys = batch
-            if self.policy == "skip" and not self.params["flush_first"]:
-                pipe = dest.pipeline(transaction=False)
-                for key in batch:
-                    pipe.exists(key)
-                keys = [key for key, hit in zip(batch, pipe.execute()) if not hit]
-                stats["skipped"] += len(batch) - len(keys)
-            if not keys:
-                continue
-            if transport == "migrate":
-                try:
-                    self.migrate(source, dst_db, keys)
-                    stats["restored"] += len(keys)
-                    continue
-                except OpsError:
-                    if self.params["transport"] == "migrate":
-                        raise
-                    transport = "dump"  # the target is not reachable for MIGRATE from the scratch server
-            done, failed = self.dump_restore(source, dest, keys)
+        sources = [_select(conn, src_db) for conn in scratches]
+        if transport == "migrate":
+            try:
+                with ThreadPoolExecutor(max_workers=len(sources)) as pool:
+                    list(pool.map(lambda i: [self.migrate(sources[i], dst_db, keys) for keys in batches[i::len(sources)]],
+                                  range(len(sources))))
+                stats.update(restored=sum(len(keys) for keys in batches), transport="migrate")
+                return stats
+            except OpsError:
+                if self.params["transport"] == "migrate":
+                    raise
+                transport = "dump"  # the target is not reachable for MIGRATE from the scratch server: RESTORE is idempotent
+        for keys in batches:
+            done, failed = self.dump_restore(sources[0], dest, keys)
             stats["restored"] += done
             stats["failed"] += failed
         stats["transport"] = transport
         return stats
+
+    @staticmethod
+    def without_existing(dest, batch, stats):
+        pipe = dest.pipeline(transaction=False)
+        for key in batch:
+            pipe.exists(key)
+        keys = [key for key, hit in zip(batch, pipe.execute()) if not hit]
+        stats["skipped"] += len(batch) - len(keys)
+        return keys
 
     def migrate(self, source, dst_db, keys):
         redis = rd._redis_library()
@@ -480,7 +495,7 @@ class FileSwap:
             raise OpsError("cannot %s Redis with %s: %s" % (what, argv[0], exc), exception=exc)
         if proc.returncode != 0:
             raise OpsError("%s command %s exited with %d: %s" % (what, " ".join(argv), proc.returncode,
-                                                               (proc.stderr or proc.stdout).strip()[-300:]))
+                                                                 (proc.stderr or proc.stdout).strip()[-300:]))
 
 
 _CLIENTS = {}
@@ -501,7 +516,7 @@ def _content(conn, key):
     kind = conn.type(key)
     readers = {b"string": conn.get, b"hash": conn.hgetall, b"list": lambda k: conn.lrange(k, 0, -1),
                b"set": lambda k: sorted(conn.smembers(k)), b"zset": lambda k: conn.zrange(k, 0, -1, withscores=True),
-               b"stream": lambda k: conn.xrange(k)}
+               b"stream": conn.xrange}
     return kind, readers.get(kind, conn.dump)(key)
 
 

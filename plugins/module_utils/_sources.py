@@ -163,6 +163,7 @@ def find_manifest(path):
 def _latest(store, kind, subject, scratch_dir):
     if not store.get("dir") and not store.get("s3"):
         raise OpsError("src: latest needs store.dir or store.s3 to find backups in")
+
     def usable(manifests):
         return [m for m in manifests if m.get("verified") and (m.get("labels") or {}).get("purpose") != SAFETY_PURPOSE]
 

@@ -85,7 +85,7 @@ options:
     description: Restore only keys matching this glob (C(SCAN MATCH)); a pattern that matches nothing fails.
     type: str
   db_map:
-    description: Restore db N of the backup into db M of the target (V({0: 3})); other dbs keep their number.
+    description: "Restore db N of the backup into db M of the target (V({0: 3}) puts db 0 into db 3); other dbs keep their number."
     type: dict
     default: {}
   batch_size:
@@ -97,6 +97,12 @@ options:
     type: str
     default: auto
     choices: [auto, migrate, dump]
+  scratch_servers:
+    description:
+      - Private servers that load the backup in O(mode=live) and MIGRATE to the target in turn, so one serializes a batch
+        while the target restores another's (MIGRATE blocks the server that runs it). Each needs the dataset's memory.
+    type: int
+    default: 2
   load_timeout:
     description: Seconds to wait for a Redis server to load the RDB.
     type: int

@@ -50,7 +50,7 @@ def snapshot(server):
             kind = conn.type(key)
             value = {"string": conn.get, "hash": conn.hgetall, "list": lambda k: conn.lrange(k, 0, -1),
                      "set": lambda k: sorted(conn.smembers(k)), "zset": lambda k: conn.zrange(k, 0, -1, withscores=True),
-                     "stream": lambda k: conn.xrange(k)}[kind](key)
+                     "stream": conn.xrange}[kind](key)
             view[key] = (kind, value, conn.ttl(key))
         result[db] = view
     return result
@@ -99,7 +99,7 @@ def test_round_trip_of_every_type_ttl_and_db_through_password_and_acl_servers(an
     target = servers("target", password="tgt-redis-pw", acl_users={"restorer": "acl-restore-pw"})
     store = {"dir": str(tmp_path / "store")}
     run = ansible.play(task(BACKUP, "redis_backup", dict(connection(source, "backup"), name="cache", store=store,
-                                                          method="replication", encryption={"passphrase": "rdb-pass"})))
+                                                         method="replication", encryption={"passphrase": "rdb-pass"})))
     assert run.rc == 0, run
     backup = run.task(BACKUP)["result"]["backup"]
     assert backup["method"] == "replication" and backup["verified"] is True and backup["rdb_version"] >= 9
@@ -109,7 +109,7 @@ def test_round_trip_of_every_type_ttl_and_db_through_password_and_acl_servers(an
     assert manifest["redis_version"].startswith("7") and manifest["used_memory"] > 0 and manifest["kind"] == "redis"
 
     run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target, "restorer"), name="cache", src="latest",
-                                                            store=store, encryption={"passphrase": "rdb-pass"})),
+                                                           store=store, encryption={"passphrase": "rdb-pass"})),
                        diff=True)
     assert run.rc == 0, run
     restore = run.task(RESTORE)["result"]["restore"]
@@ -122,8 +122,8 @@ def test_round_trip_of_every_type_ttl_and_db_through_password_and_acl_servers(an
     # db mapping and a key pattern into a server without a password, through DUMP/RESTORE
     plain = servers("plain")
     run = ansible.play(task(RESTORE, "redis_restore", dict(connection(plain), src=backup["path"], key_pattern="str:1:*",
-                                                            db_map={"1": 5}, transport="dump",
-                                                            encryption={"passphrase": "rdb-pass"})))
+                                                           db_map={"1": 5}, transport="dump",
+                                                           encryption={"passphrase": "rdb-pass"})))
     assert run.rc == 0, run
     restore = run.task(RESTORE)["result"]["restore"]
     assert restore["per_db"]["1"] == {"target_db": 5, "restored": 300, "skipped": 0, "failed": 0, "transport": "dump"}
@@ -143,7 +143,7 @@ def test_bgsave_method_and_skip_if_newer_than(ansible, servers, tmp_path):
     hardened = servers("hardened", password="h-pw", extra_config={"rename-command": "BGSAVE \"\""})
     seed(hardened)
     run = ansible.play(task(BACKUP, "redis_backup", dict(connection(hardened), name="hardened",
-                                                          store={"dir": str(tmp_path / "store")})))
+                                                         store={"dir": str(tmp_path / "store")})))
     assert run.rc == 0, run
     assert run.task(BACKUP)["result"]["backup"]["method"] == "replication"
 
@@ -167,7 +167,7 @@ def test_live_restore_never_refuses_a_reading_client_and_honours_the_existing_ke
     assert target.client().dbsize() == 2  # nothing written
 
     skip = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=path, store=store,
-                                                             existing_keys="skip")))
+                                                            existing_keys="skip")))
     assert skip.rc == 0, skip
     restore = skip.task(RESTORE)["result"]["restore"]
     assert restore["skipped"] == 1 and restore["restored"] == 920
@@ -190,7 +190,7 @@ def test_live_restore_never_refuses_a_reading_client_and_honours_the_existing_ke
     thread.start()
     try:
         replace = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=path, store=store, replace=True,
-                                                                    safety_backup=False)))
+                                                                   safety_backup=False)))
     finally:
         done.set()
         thread.join()
@@ -200,7 +200,7 @@ def test_live_restore_never_refuses_a_reading_client_and_honours_the_existing_ke
     assert target.client().get("only-in-target") == b"stays"
 
     flushed = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=path, flush_first=True,
-                                                                safety_backup=False)))
+                                                               safety_backup=False)))
     assert flushed.rc == 0, flushed
     same_data(snapshot(source), snapshot(target))
 
@@ -341,9 +341,9 @@ def test_no_secret_in_argv_result_or_verbose_output_and_files_are_private(ansibl
     store = {"dir": str(tmp_path / "store")}
     try:
         made = ansible.play(task(BACKUP, "redis_backup", dict(connection(source), store=store, method="replication",
-                                                               encryption={"passphrase": secrets[2]})), verbosity=3)
+                                                              encryption={"passphrase": secrets[2]})), verbosity=3)
         restored = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src="latest", store=store,
-                                                                     encryption={"passphrase": secrets[2]})), verbosity=3)
+                                                                    encryption={"passphrase": secrets[2]})), verbosity=3)
     finally:
         done.set()
         scanner.join()
