@@ -50,6 +50,7 @@ class Bench:
         self.workdir = workdir
         self.server = server
         self.env = dict(os.environ, **server.env, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
+        self.results = {}
         self.inventory = workdir / "inventory"
         self.inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
 
@@ -65,12 +66,18 @@ class Bench:
     def playbook(self, name, task):
         path = self.workdir / ("%s.yml" % name)
         path.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - %s\n" % task)
+        results = self.workdir / ("%s.jsonl" % name)
+        env = dict(self.env, ANSIBLE_CALLBACK_PLUGINS=str(REPO / "tests" / "integration" / "callback_plugins"),
+                   ANSIBLE_CALLBACKS_ENABLED="record_results", RUNBOOK_TEST_RESULTS=str(results))
         started = time.perf_counter()
         proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(self.inventory), str(path)],
-                              env=self.env, capture_output=True, text=True, check=False)
+                              env=env, capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - started
         if proc.returncode != 0:
             sys.exit("%s failed:\n%s%s" % (name, proc.stdout[-3000:], proc.stderr[-2000:]))
+        if results.exists():
+            lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+            self.results[name] = lines[-1]["result"] if lines else {}
         return elapsed
 
     def connection(self):
@@ -128,6 +135,10 @@ def run(base, server):
         task = "runbook.ops.pg_restore: %s" % json.dumps(spec)
         times[name] = bench.playbook(name, task)
     report(times, sizes)
+    for name in ("runbook_restore", "runbook_restore_analyze"):
+        restore = bench.results.get(name, {}).get("restore", {})
+        print("  %s: read+check+decode %.2f s, restore+checks+swap %.2f s" % (
+            name, restore.get("read_duration", 0), restore.get("load_duration", 0)))
 
 
 def report(times, sizes):

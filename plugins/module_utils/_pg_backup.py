@@ -68,7 +68,7 @@ class PgBackupJob(_backup.BackupJob):
         target = os.path.join(scratch, "dump")
         try:
             proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"], target), self.env,
-                        what + " (directory format)")
+                          what + " (directory format)")
             names = sorted(os.listdir(target))
             if "toc.dat" not in names:
                 raise OpsError("%s wrote no toc.dat; refusing to keep an incomplete backup" % what)
@@ -87,7 +87,7 @@ class PgBackupJob(_backup.BackupJob):
         pg_dumpall = self.tool("pg_dumpall")
         role_passwords = bool(self.server.get("superuser"))
         proc.stream_command(pg.globals_argv(pg_dumpall, role_passwords), pg.libpq_env(self.params, "postgres"), sink,
-                          "pg_dumpall --globals-only")
+                            "pg_dumpall --globals-only")
         return {"globals_file": os.path.basename(sink.writer.path), "globals_role_passwords": role_passwords}
 
     def inspect(self, path, manifest):

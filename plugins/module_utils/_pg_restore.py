@@ -137,7 +137,7 @@ class PgRestore:
         if source.is_directory:
             prepared.update(format="directory", directory=source.path)
             self.report["toc_entries"] = pg.count_toc(proc.run_tool([self.tool("pg_restore"), "--list", source.path],
-                                                                  self.env(), "pg_restore --list rejects %s:" % source.location))
+                                                                    self.env(), "pg_restore --list rejects %s:" % source.location))
         else:
             chunks = source.plaintext(self.secrets)
             head_stream = _sources._Peekable(chunks)
@@ -183,7 +183,7 @@ class PgRestore:
                 writer.abort()
                 raise
             self.report["toc_entries"] = pg.count_toc(proc.run_tool([pg_restore, "--list", prepared["file"]], self.env(),
-                                                                  "pg_restore --list rejects the archive:"))
+                                                                    "pg_restore --list rejects the archive:"))
         else:
             self.report["toc_entries"] = pg.list_archive(pg_restore, stream, self.env())
 
@@ -214,7 +214,7 @@ class PgRestore:
         if materialize:
             prepared["directory"] = target
             self.report["toc_entries"] = pg.count_toc(proc.run_tool([self.tool("pg_restore"), "--list", target],
-                                                                  self.env(), "pg_restore --list rejects the archive:"))
+                                                                    self.env(), "pg_restore --list rejects the archive:"))
         else:
             self.report["toc_entries"] = len(names) - 1
 
