@@ -178,19 +178,12 @@ uploaded_pending:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils._pg_backup import PgBackupJob, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    try:
-        result = PgBackupJob(module, module.params).run()
-    except OpsError as exc:
-        module.fail_json(msg=exc.message, **exc.details)
-    module.exit_json(**result)
+    run_module(argument_spec(), lambda module: PgBackupJob(module, module.params).run())
 
 
 if __name__ == "__main__":

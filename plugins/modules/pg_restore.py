@@ -288,20 +288,12 @@ restore:
       type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils._pg_restore import PgRestore, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("owner", "session_role")])
-    try:
-        result = PgRestore(module, module.params).run()
-    except OpsError as exc:
-        module.fail_json(msg=exc.message, **exc.details)
-    module.exit_json(**result)
+    run_module(argument_spec(), lambda module: PgRestore(module, module.params).run(), mutually_exclusive=[("owner", "session_role")])
 
 
 if __name__ == "__main__":

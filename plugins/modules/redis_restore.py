@@ -247,21 +247,14 @@ restore:
       type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import RedisRestore, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("existing_keys", "replace"), ("service", "stop_command")],
-                           required_together=[("stop_command", "start_command")])
-    try:
-        result = RedisRestore(module, module.params).run()
-    except OpsError as exc:
-        module.fail_json(msg=exc.message, **exc.details)
-    module.exit_json(**result)
+    run_module(argument_spec(), lambda module: RedisRestore(module, module.params).run(),
+               mutually_exclusive=[("existing_keys", "replace"), ("service", "stop_command")],
+               required_together=[("stop_command", "start_command")])
 
 
 if __name__ == "__main__":

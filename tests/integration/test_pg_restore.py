@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from argv_scan import ArgvScanner
 from pg_helpers import (BACKUP, RESTORE, backup_task, databases, drop_database, make_database, pg_dump_text, pg_tool,
                         restore_task, sql, table_counts)
 
@@ -380,35 +381,14 @@ def test_no_secret_in_any_argv_result_or_verbose_output(ansible, pg, database, t
     cleanup.append(database + "_secret")
     store = {"dir": str(tmp_path / "store")}
     secrets = [pg.password, "argv-scan-passphrase"]
-    seen = []
-    done = threading.Event()
-
-    def scan():
-        while not done.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        cmdline = Path("/proc/%s/cmdline" % pid).read_bytes()
-                    except OSError:
-                        continue
-                    if b"pg_" in cmdline or b"psql" in cmdline or b"ansible" in cmdline:
-                        seen.append(cmdline)
-                    for secret in secrets:
-                        assert secret.encode() not in cmdline, cmdline
-            time.sleep(0.005)
-
-    scanner = threading.Thread(target=scan)
-    scanner.start()
-    try:
+    with ArgvScanner(secrets, [b"pg_", b"psql"]) as scan:
         made = ansible.play(backup_task(pg, database, store, encryption={"passphrase": secrets[1]}, format="plain"),
                             verbosity=3)
         restored = ansible.play(restore_task(pg, database + "_secret", "latest", backup_db=database, store=store,
                                              encryption={"passphrase": secrets[1]}), verbosity=3)
-    finally:
-        done.set()
-        scanner.join()
+    assert scan.leaks == []
     assert made.rc == 0 and restored.rc == 0, (made, restored)
-    assert any(b"pg_dump" in c for c in seen) and any(b"psql" in c for c in seen)
+    assert any(b"pg_dump" in c for c in scan.seen) and any(b"psql" in c for c in scan.seen)
     for run in (made, restored):
         for secret in secrets:
             assert secret not in run.stdout and secret not in run.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from argv_scan import ArgvScanner
 from servers import RedisServer, free_port
 
 BACKUP = "Back up Redis"
@@ -319,36 +320,15 @@ def test_no_secret_in_argv_result_or_verbose_output_and_files_are_private(ansibl
     seed(source)
     target = servers("tgt", password="argv-target-password")
     secrets = ["argv-redis-password", "argv-target-password", "argv-enc-passphrase"]
-    seen = []
-    done = threading.Event()
-
-    def scan():
-        while not done.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        cmdline = Path("/proc/%s/cmdline" % pid).read_bytes()
-                    except OSError:
-                        continue
-                    if b"redis" in cmdline:
-                        seen.append(cmdline)
-                    for secret in secrets:
-                        assert secret.encode() not in cmdline, cmdline
-            time.sleep(0.005)
-
-    scanner = threading.Thread(target=scan)
-    scanner.start()
     store = {"dir": str(tmp_path / "store")}
-    try:
+    with ArgvScanner(secrets, [b"redis"]) as scan:
         made = ansible.play(task(BACKUP, "redis_backup", dict(connection(source), store=store, method="replication",
-                                                              encryption={"passphrase": secrets[2]})), verbosity=3)
+                                                               encryption={"passphrase": secrets[2]})), verbosity=3)
         restored = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src="latest", store=store,
-                                                                    encryption={"passphrase": secrets[2]})), verbosity=3)
-    finally:
-        done.set()
-        scanner.join()
+                                                                     encryption={"passphrase": secrets[2]})), verbosity=3)
+    assert scan.leaks == []
     assert made.rc == 0 and restored.rc == 0, (made, restored)
-    assert any(b"--rdb" in c for c in seen)
+    assert any(b"--rdb" in c for c in scan.seen)
     for run in (made, restored):
         for secret in secrets:
             assert secret not in run.stdout and secret not in run.stderr and secret not in json.dumps(run.results)
