@@ -323,9 +323,9 @@ def test_no_secret_in_argv_result_or_verbose_output_and_files_are_private(ansibl
     store = {"dir": str(tmp_path / "store")}
     with ArgvScanner(secrets, [b"redis"]) as scan:
         made = ansible.play(task(BACKUP, "redis_backup", dict(connection(source), store=store, method="replication",
-                                                               encryption={"passphrase": secrets[2]})), verbosity=3)
+                                                              encryption={"passphrase": secrets[2]})), verbosity=3)
         restored = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src="latest", store=store,
-                                                                     encryption={"passphrase": secrets[2]})), verbosity=3)
+                                                                    encryption={"passphrase": secrets[2]})), verbosity=3)
     assert scan.leaks == []
     assert made.rc == 0 and restored.rc == 0, (made, restored)
     assert any(b"--rdb" in c for c in scan.seen)
