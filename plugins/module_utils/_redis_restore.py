@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from concurrent.futures import ThreadPoolExecutor
@@ -180,9 +181,19 @@ class RedisRestore:
         clock = time.monotonic()
         if params["flush_first"]:
             self.report["flushed"] = {str(dst): self.flush(target, dst) for dst in touched}
-        per_db = {}
-        for src_db, dst_db in plan:
-            per_db[str(src_db)] = self.copy_db(scratches, target, src_db, dst_db, batches[src_db])
+        per_db = self.report["per_db"] = {}
+        try:
+            for src_db, dst_db in plan:
+                per_db[str(src_db)] = {"target_db": dst_db, "restored": 0, "skipped": 0, "failed": 0}
+                self.copy_db(per_db[str(src_db)], scratches, target, src_db, dst_db, batches[src_db])
+        except OpsError as exc:
+            after = {str(k): v for k, v in sorted(rd.keyspace(target).items())}
+            self.report["target_keys_after"] = after
+            raise OpsError("%s; the restore stopped after %d keys were written in whole batches (per db: %s); the target "
+                           "now holds keys per db %s (before: %s). The safety backup %s holds the previous data"
+                           % (exc.message, sum(d["restored"] for d in per_db.values()), per_db, after,
+                              self.report["target_keys_before"], (self.report["safety_backup"] or {}).get("id")),
+                           exception=exc.exception, restore=self.report)
         self.report["load_duration"] = round(time.monotonic() - clock, 3)
         restored = sum(d["restored"] for d in per_db.values())
         self.report.update(per_db=per_db, restored=restored, skipped=sum(d["skipped"] for d in per_db.values()),
@@ -236,9 +247,11 @@ class RedisRestore:
                 conn.unlink(*batch)
         return count
 
-    def copy_db(self, scratches, target, src_db, dst_db, batches):
-        """MIGRATE batches from several scratch servers at once: while one serializes, the target restores another's."""
-        stats = {"target_db": dst_db, "restored": 0, "skipped": 0, "failed": 0}
+    def copy_db(self, stats, scratches, target, src_db, dst_db, batches):
+        """MIGRATE batches from several scratch servers at once: while one serializes, the target restores another's.
+
+        ``stats`` counts what is written as it happens, so a failure half way reports exactly that.
+        """
         dest = _select(target, dst_db)
         if self.policy == "skip" and not self.params["flush_first"]:
             batches = [self.without_existing(dest, batch, stats) for batch in batches]
@@ -248,22 +261,28 @@ class RedisRestore:
             transport = "dump" if self.params["tls"] else "migrate"
         sources = [_select(conn, src_db) for conn in scratches]
         if transport == "migrate":
+            lock = threading.Lock()
+
+            def work(index):
+                for keys in batches[index::len(sources)]:
+                    self.migrate(sources[index], dst_db, keys)
+                    with lock:
+                        stats["restored"] += len(keys)
+
             try:
                 with ThreadPoolExecutor(max_workers=len(sources)) as pool:
-                    list(pool.map(lambda i: [self.migrate(sources[i], dst_db, keys) for keys in batches[i::len(sources)]],
-                                  range(len(sources))))
-                stats.update(restored=sum(len(keys) for keys in batches), transport="migrate")
-                return stats
+                    list(pool.map(work, range(len(sources))))
+                stats["transport"] = "migrate"
+                return
             except OpsError:
-                if self.params["transport"] == "migrate":
+                if self.params["transport"] == "migrate" or stats["restored"]:
                     raise
-                transport = "dump"  # the target is not reachable for MIGRATE from the scratch server: RESTORE is idempotent
+                transport = "dump"  # MIGRATE cannot reach the target from the scratch server (nothing was written)
         for keys in batches:
             done, failed = self.dump_restore(sources[0], dest, keys)
             stats["restored"] += done
             stats["failed"] += failed
         stats["transport"] = transport
-        return stats
 
     @staticmethod
     def without_existing(dest, batch, stats):

@@ -335,3 +335,29 @@ def test_no_secret_in_argv_result_or_verbose_output_and_files_are_private(ansibl
     for produced in (tmp_path / "store").rglob("*"):
         if produced.is_file():
             assert stat_mode(produced) == 0o600, produced
+
+
+def test_a_live_restore_that_fails_half_way_reports_what_was_written_and_keeps_a_safety_backup(ansible, servers, tmp_path):
+    source = servers("src", password="pw")
+    big = source.client()
+    pipe = big.pipeline()
+    for i in range(3000):
+        pipe.set("big:%05d" % i, os.urandom(1000).hex())
+    pipe.execute()
+    store = {"dir": str(tmp_path / "store")}
+    made = ansible.play(task(BACKUP, "redis_backup", dict(connection(source), store=store)))
+    assert made.rc == 0, made
+    target = servers("small", password="pw2", extra_config={"maxmemory": "3mb", "maxmemory-policy": "noeviction"})
+    target.client().set("existing", "value")
+    run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src="latest", store=store, force=True,
+                                                           batch_size=200)))
+    assert run.rc != 0
+    result = run.task(RESTORE)["result"]
+    assert "OOM" in result["msg"] and "the restore stopped after" in result["msg"]
+    report = result["restore"]
+    written = report["per_db"]["0"]["restored"]
+    assert 0 < written < 3000
+    held = target.client().dbsize()
+    assert report["target_keys_after"] == {"0": held} and written + 1 <= held <= written + 1 + 200
+    safety = report["safety_backup"]
+    assert safety["id"] and safety["id"] in result["msg"]
