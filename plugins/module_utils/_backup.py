@@ -21,6 +21,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as a
 from ansible_collections.runbook.ops.plugins.module_utils import _s3
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
+SAFETY_PURPOSE = "pre-restore"
 RESULT_KEYS = ("id", "path", "s3_uri", "size", "raw_size", "sha256", "duration", "verified")
 
 
@@ -39,14 +40,31 @@ def backup_argument_spec():
     return spec
 
 
+def hide_passphrase(module, params):
+    """Keep the encryption passphrase out of every result and log line, wherever it would appear."""
+    passphrase = (params.get("encryption") or {}).get("passphrase")
+    if passphrase:
+        module.no_log_values.add(passphrase)
+
+
 def encryption_key(module, params):
     """The EncryptionKey the options ask for (passphrase hidden from output), or None."""
+    hide_passphrase(module, params)
     encryption = params.get("encryption")
-    if not encryption:
-        return None
-    if encryption.get("passphrase"):
-        module.no_log_values.add(encryption["passphrase"])
-    return art.EncryptionKey(**encryption)
+    return art.EncryptionKey(**encryption) if encryption else None
+
+
+def safety_backup(job_class, module, params, subject, restoring, **overrides):
+    """Back up what a restore is about to replace: zstd, verified, labelled so that src: latest skips it."""
+    store = params.get("store") or {}
+    if not store.get("dir") and not store.get("s3"):
+        raise OpsError("safety_backup needs a store (store.dir or store.s3) to keep the current data in; give one, "
+                       "or set safety_backup: false if you have another copy")
+    job_params = dict(params, compression="zstd", compression_level=None, md5_sidecar=False, verify=True,
+                      skip_if_newer_than=None, lock_timeout=60, retention=None,
+                      labels={"purpose": SAFETY_PURPOSE, "restoring": restoring}, **overrides)
+    backup = job_class(module, job_params, subject).run()["backup"]
+    return {k: backup[k] for k in ("id", "path", "s3_uri", "size", "duration")}
 
 
 def work_dir(store):

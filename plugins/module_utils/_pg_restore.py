@@ -77,8 +77,7 @@ class PgRestore:
         self.db = params["db"]
         self.store = params["store"] or {}
         self.secrets = _sources.Secrets(params["encryption"], params["openssl_iterations"])
-        if (params["encryption"] or {}).get("passphrase"):
-            module.no_log_values.add(params["encryption"]["passphrase"])
+        _backup.hide_passphrase(module, params)
         self.stamp = art.utc_now().strftime("%Y%m%d_%H%M%S")
         self.scratch_root = None
         self.version_num = None
@@ -88,8 +87,7 @@ class PgRestore:
 
     def run(self):
         clock = time.monotonic()
-        base = _backup.work_dir(self.store) if (self.store.get("dir") or self.store.get("work_dir")) else tempfile.gettempdir()
-        self.scratch_root = tempfile.mkdtemp(prefix=".restore-", dir=base)
+        self.scratch_root = tempfile.mkdtemp(prefix=".restore-", dir=_backup.work_dir(self.store))
         try:
             source = _sources.resolve(self.params["src"], self.store, KIND, self.params["backup_db"] or self.db,
                                       self.scratch_root)
@@ -140,7 +138,7 @@ class PgRestore:
                                                                     self.env(), "pg_restore --list rejects %s:" % source.location))
         else:
             chunks = source.plaintext(self.secrets)
-            head_stream = _sources._Peekable(chunks)
+            head_stream = _sources.Peekable(chunks)
             kind = _sources.content_kind(head_stream.peek(_sources.PEEK))
             if kind in ("custom", "tar"):
                 prepared["format"] = "custom" if kind == "custom" else "directory"
@@ -280,16 +278,8 @@ class PgRestore:
         return self.params["safety_backup"] and target["exists"] and target["tables"] > 0
 
     def safety_backup(self):
-        if not self.store.get("dir") and not self.store.get("s3"):
-            raise OpsError("safety_backup needs a store (store.dir or store.s3) to keep the current data in; give one, "
-                           "or set safety_backup: false if you have another copy")
-        params = dict(self.params, format="custom", compression="zstd", compression_level=None, md5_sidecar=False,
-                      verify=True, skip_if_newer_than=None, lock_timeout=60, retention=None, globals=False,
-                      labels={"purpose": _sources.SAFETY_PURPOSE, "restoring": self.report.get("id")})
-        result = _pg_backup.PgBackupJob(self.module, params, self.db).run()
-        backup = result["backup"]
-        return {"id": backup["id"], "path": backup["path"], "s3_uri": backup["s3_uri"], "size": backup["size"],
-                "duration": backup["duration"]}
+        return _backup.safety_backup(_pg_backup.PgBackupJob, self.module, self.params, self.db, self.report.get("id"),
+                                     format="custom", globals=False)
 
     def restore_swap(self, maintenance, prepared, target):
         scratch = derived_name(self.db, "restore", self.stamp)

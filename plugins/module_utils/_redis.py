@@ -164,6 +164,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def wait_loaded(params, timeout, what, proc=None, log_tail=None):
+    """Poll until the server answers and has finished loading its data; a client on db 0."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise OpsError("Redis could not load %s: %s" % (what, log_tail() if log_tail else "it exited"))
+        try:
+            conn = client(params, timeout=5)
+            if not conn.info("persistence").get("loading"):
+                return conn
+        except Exception:  # OpsError while it starts, BusyLoadingError while it loads
+            pass
+        if time.monotonic() > deadline:
+            raise OpsError("Redis did not finish loading %s in %ss" % (what, timeout))
+        time.sleep(0.02)
+
+
 class ScratchServer:
     """A private redis-server on a free loopback port that loads an RDB file; Redis itself parses the data."""
 
@@ -191,22 +208,11 @@ class ScratchServer:
     def wait(self, timeout):
         """A client once the server has loaded the RDB; OpsError with Redis's own words when it cannot."""
         params = {"login_host": "127.0.0.1", "login_port": self.port, "login_password": self.password}
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise OpsError("Redis could not load the backup: %s" % self.log_tail())
-            try:
-                conn = client(params, timeout=5)
-                if not conn.info("persistence").get("loading"):
-                    return conn
-            except OpsError:
-                pass
-            except Exception:  # BusyLoadingError and friends while the server starts
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise OpsError("the scratch redis-server did not finish loading the backup in %ss" % timeout)
-            time.sleep(0.02)
+        try:
+            return wait_loaded(params, timeout, "the backup", self.proc, self.log_tail)
+        except OpsError:
+            self.stop()
+            raise
 
     def log_tail(self):
         try:

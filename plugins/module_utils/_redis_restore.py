@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -68,8 +69,7 @@ class RedisRestore:
         self.params = params
         self.store = params["store"] or {}
         self.secrets = _sources.Secrets(params["encryption"])
-        if (params["encryption"] or {}).get("passphrase"):
-            module.no_log_values.add(params["encryption"]["passphrase"])
+        _backup.hide_passphrase(module, params)
         self.policy = "replace" if params["replace"] else (params["existing_keys"] or "fail")
         self.db_map = {int(k): int(v) for k, v in params["db_map"].items()}
         self.stamp = art.utc_now().strftime("%Y%m%d_%H%M%S")
@@ -77,8 +77,7 @@ class RedisRestore:
 
     def run(self):
         clock = time.monotonic()
-        base = _backup.work_dir(self.store) if (self.store.get("dir") or self.store.get("work_dir")) else tempfile.gettempdir()
-        scratch_dir = tempfile.mkdtemp(prefix=".redis-restore-", dir=base)
+        scratch_dir = tempfile.mkdtemp(prefix=".redis-restore-", dir=_backup.work_dir(self.store))
         try:
             target = None if self.params["validate_only"] else rd.client(self.params)  # a target that is down fails first
             source = _sources.resolve(self.params["src"], self.store, KIND, self.params["name"], scratch_dir)
@@ -121,7 +120,7 @@ class RedisRestore:
         writer = art.AtomicWriter(path, durable=False)
         check = rd.RdbCheck(writer)
         try:
-            chunks = _sources._Peekable(source.plaintext(self.secrets))
+            chunks = _sources.Peekable(source.plaintext(self.secrets))
             if _sources.content_kind(chunks.peek(16)) != "rdb":
                 for _data in chunks:  # a checksum mismatch explains more than "not an RDB"
                     pass
@@ -351,15 +350,8 @@ class RedisRestore:
         return {"checked": checked, "mismatched": mismatched, "examples": examples[:5]}
 
     def safety_backup(self):
-        if not self.store.get("dir") and not self.store.get("s3"):
-            raise OpsError("safety_backup needs a store (store.dir or store.s3) to keep the current data in; give one, "
-                           "or set safety_backup: false if you have another copy")
-        params = dict(self.params, compression="zstd", compression_level=None, md5_sidecar=False, verify=True,
-                      skip_if_newer_than=None, lock_timeout=60, retention=None, method="replication", rdb_path=None,
-                      bgsave_timeout=3600, labels={"purpose": _sources.SAFETY_PURPOSE, "restoring": self.report.get("id")})
-        backup = _redis_backup.RedisBackupJob(self.module, params, self.params["name"]).run()["backup"]
-        return {"id": backup["id"], "path": backup["path"], "s3_uri": backup["s3_uri"], "size": backup["size"],
-                "duration": backup["duration"]}
+        return _backup.safety_backup(_redis_backup.RedisBackupJob, self.module, self.params, self.params["name"],
+                                     self.report.get("id"), method="replication", rdb_path=None, bgsave_timeout=3600)
 
     # --- file ---------------------------------------------------------------------------------------
 
@@ -462,19 +454,7 @@ class FileSwap:
 
     def start_server(self):
         self.command("start", self.params["start_command"] or ["systemctl", "start", self.params["service"]])
-        deadline = time.monotonic() + self.params["load_timeout"]
-        while True:
-            try:
-                conn = rd.client(self.params, timeout=5)
-                if not conn.info("persistence").get("loading"):
-                    return conn
-            except OpsError:
-                pass
-            except Exception:  # the server may close connections while it starts
-                pass
-            if time.monotonic() > deadline:
-                raise OpsError("Redis did not finish loading the restored RDB in %ss" % self.params["load_timeout"])
-            time.sleep(0.05)
+        return rd.wait_loaded(self.params, self.params["load_timeout"], "the restored RDB")
 
     def enable_aof(self, conn):
         conn.config_set("appendonly", "yes")
@@ -566,8 +546,6 @@ def _write_keeping_mode(path, text):
 
 
 def _port_open(host, port):
-    import socket
-
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True

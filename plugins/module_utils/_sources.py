@@ -23,7 +23,6 @@ OPENSSL_MAGIC = b"Salted__"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PEEK = 4096
-SAFETY_PURPOSE = "pre-restore"
 
 
 class Source:
@@ -165,7 +164,7 @@ def _latest(store, kind, subject, scratch_dir):
         raise OpsError("src: latest needs store.dir or store.s3 to find backups in")
 
     def usable(manifests):
-        return [m for m in manifests if m.get("verified") and (m.get("labels") or {}).get("purpose") != SAFETY_PURPOSE]
+        return [m for m in manifests if m.get("verified") and (m.get("labels") or {}).get("purpose") != _backup.SAFETY_PURPOSE]
 
     candidates = usable(_backup.catalog(store, kind, subject))
     if not candidates and store.get("dir") and store.get("s3"):
@@ -202,7 +201,9 @@ def _download(uri, s3, scratch_dir, manifest=None):
 
 # --- decoding ---------------------------------------------------------------------------------------
 
-class _Peekable:
+class Peekable:
+    """Chunks of bytes whose first bytes can be looked at before they are consumed."""
+
     def __init__(self, chunks):
         self.chunks = iter(chunks)
         self.head = b""
@@ -224,7 +225,7 @@ class _Peekable:
 
 def decode(chunks, secrets, layers):
     """Peel encryption and compression layers off ``chunks``, recording each in ``layers``."""
-    stream = _Peekable(chunks)
+    stream = Peekable(chunks)
     head = stream.peek(PEEK)
     if not head:
         raise OpsError("the backup file is empty")
