@@ -4,31 +4,32 @@
 
 A subclass of BackupJob says how to read its source (``facts``), how to stream it (``produce``),
 which extra files belong to the artifact (``extras``) and how to check what was written
-(``inspect``). The job does the rest the same way for every kind: skip when a recent verified backup
-exists, check mode, the lock, the atomic pipeline, sidecars, the manifest last, upload (local first,
-then S3, or S3 only through a staging directory), uploads that failed earlier, and retention.
+(``inspect``). The job does the rest the same way for every kind: validate every option, skip when a
+recent verified backup exists, check mode (which writes nothing), the lock, the atomic pipeline,
+sidecars, the manifest last, upload (local first, then S3, or S3 only through a staging directory),
+uploads that failed earlier, retention, and removing partial files that killed runs left behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import socket
-import tempfile
 import time
 
-from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
 from ansible_collections.runbook.ops.plugins.module_utils import _s3
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import (atomic, codec, lock, manifest as mf,
+                                                                              retention as rt, store as st)
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
+from ansible_collections.runbook.ops.plugins.module_utils._sources import SAFETY_PURPOSE
 
-SAFETY_PURPOSE = "pre-restore"
 RESULT_KEYS = ("id", "path", "s3_uri", "size", "raw_size", "sha256", "duration", "verified")
 
 
-def backup_argument_spec():
+def backup_argspec_ex():
     """Options of every backup module (doc fragments runbook.ops.artifact_store and runbook.ops.backup)."""
-    spec = art.artifact_argument_spec()
-    spec.update(
+    return merge_specs(st.store_argspec_ex(), {"argspec": dict(
         compression=dict(type="str", default="zstd", choices=["zstd", "gzip", "none"]),
         compression_level=dict(type="int"),
         md5_sidecar=dict(type="bool", default=False),
@@ -36,8 +37,7 @@ def backup_argument_spec():
         skip_if_newer_than=dict(type="str"),
         lock_timeout=dict(type="int", default=0),
         labels=dict(type="dict", default={}),
-    )
-    return spec
+    )})
 
 
 def hide_passphrase(module, params):
@@ -47,11 +47,18 @@ def hide_passphrase(module, params):
         module.no_log_values.add(passphrase)
 
 
-def encryption_key(module, params):
-    """The EncryptionKey the options ask for (passphrase hidden from output), or None."""
-    hide_passphrase(module, params)
-    encryption = params.get("encryption")
-    return art.EncryptionKey(**encryption) if encryption else None
+def validate_backup_options(params, subject, subject_option):
+    """Every check that needs no server, before anything is read or written."""
+    mf.validate_subject(subject, subject_option)
+    st.validate(params["store"], params.get("retention"))
+    codec.check_level(params["compression"], params["compression_level"])
+    if params["skip_if_newer_than"]:
+        mf.parse_age(params["skip_if_newer_than"])
+    if params["lock_timeout"] < 0:
+        raise OpsError("lock_timeout is %d: give 0 (do not wait) or more seconds" % params["lock_timeout"])
+    for name, value in (params.get("labels") or {}).items():
+        if not isinstance(value, (str, int, float, bool)) and value is not None:
+            raise OpsError("labels.%s is a %s: labels are strings or numbers" % (name, type(value).__name__))
 
 
 def safety_backup(job_class, module, params, subject, restoring, **overrides):
@@ -67,20 +74,6 @@ def safety_backup(job_class, module, params, subject, restoring, **overrides):
     return {k: backup[k] for k in ("id", "path", "s3_uri", "size", "duration")}
 
 
-def work_dir(store):
-    """Where staging files and downloads go: store.work_dir, else the local store, else the system temp dir."""
-    base = store.get("work_dir") or (os.path.join(store["dir"], ".work") if store.get("dir") else tempfile.gettempdir())
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    return base
-
-
-def catalog(store, kind, subject):
-    """Newest-first manifests from the local store, or from S3 when the store has no local directory."""
-    if store.get("dir"):
-        return art.catalog(store["dir"], kind, subject) if os.path.isdir(store["dir"]) else []
-    return _s3.catalog(store["s3"], kind, subject)
-
-
 def upload_artifact(s3, manifest, keep_local=True):
     """Copy an artifact's files to S3, the manifest last; records s3_uri in the manifest."""
     directory = os.path.dirname(manifest["path"])
@@ -92,7 +85,7 @@ def upload_artifact(s3, manifest, keep_local=True):
                 files.append((os.path.join(directory, name + suffix), "%s/%s%s" % (relative, name, suffix)))
     manifest["s3_uri"] = _s3.upload(s3, files)[0]
     stored = dict(manifest, path=manifest["path"] if keep_local else None)
-    art.write_manifest(manifest["manifest_path"], stored)
+    mf.write_manifest(manifest["manifest_path"], stored)
     name = os.path.basename(manifest["manifest_path"])
     _s3.upload(s3, [(manifest["manifest_path"], "%s/%s" % (relative, name))])
     manifest["s3_manifest_key"] = _s3.key(s3, "%s/%s" % (relative, name))
@@ -110,6 +103,7 @@ class BackupJob:
     kind = None
     extension = None
     result_keys = ()
+    subject_option = "name"
 
     def __init__(self, module, params, subject):
         self.module = module
@@ -120,6 +114,9 @@ class BackupJob:
         self.source = {}
 
     # --- what a subclass provides -------------------------------------------------------------
+
+    def validate(self):
+        """Checks of the subclass's own options that need no server; raise OpsError."""
 
     def facts(self):
         """Manifest fields about the source, read before anything is written (also in check mode)."""
@@ -133,21 +130,27 @@ class BackupJob:
         """(name suffix, produce function) pairs for extra files of the artifact."""
         return []
 
-    def inspect(self, path, manifest):
-        """Check a written artifact beyond its checksum; returns manifest fields. Raise OpsError to reject it."""
+    def inspect(self, chunks, manifest):
+        """Check the decoded content of a written artifact; returns manifest fields. Raise OpsError to reject it."""
+        for _data in chunks:
+            pass
         return {}
 
     # --- the workflow ---------------------------------------------------------------------------
 
     def data_name(self, artifact_id, suffix=None):
-        name = artifact_id + (suffix or self.extension) + art.COMPRESSION_SUFFIX[self.params["compression"]]
-        return name + (art.ENCRYPTED_SUFFIX if self.key else "")
+        name = artifact_id + (suffix or self.extension) + codec.COMPRESSION_SUFFIX[self.params["compression"]]
+        return name + (codec.ENCRYPTED_SUFFIX if self.key else "")
 
     def run(self):
         """Returns the module result (changed, backup, pruned, pruned_s3, uploaded_pending ...)."""
-        self.key = encryption_key(self.module, self.params)
+        validate_backup_options(self.params, self.subject, self.subject_option)
+        self.validate()
+        hide_passphrase(self.module, self.params)
+        encryption = self.params.get("encryption")
+        self.key = codec.EncryptionKey(**encryption) if encryption else None
         self.source = self.facts()
-        existing = catalog(self.store, self.kind, self.subject)
+        existing = st.catalog(self.store, self.kind, self.subject)
         recent = self.recent(existing)
         if recent:
             return dict(changed=False, backup=result_view(recent, self.result_keys), pruned=[], pruned_s3=[],
@@ -155,9 +158,10 @@ class BackupJob:
                             recent["id"], recent["finished"], self.params["skip_if_newer_than"]))
         if self.module.check_mode:
             return self.plan(existing)
-        lock_dir = self.store.get("dir") or work_dir(self.store)
-        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
-        with art.StoreLock(lock_dir, self.kind, self.subject, self.params["lock_timeout"]):
+        lock_dir = self.store.get("dir") or st.work_base(self.store)
+        with lock.StoreLock(lock_dir, self.kind, self.subject, self.params["lock_timeout"]):
+            if self.store.get("dir"):  # partial files of this subject: their writer held this lock and is gone
+                atomic.sweep_partials(os.path.join(self.store["dir"], self.kind), mf.id_pattern(self.subject) + r"\..+")
             manifest, uploaded_pending = self.write_and_upload()
             pruned, pruned_s3 = self.prune()
         return dict(changed=True, backup=result_view(manifest, self.result_keys), pruned=pruned, pruned_s3=pruned_s3,
@@ -168,23 +172,23 @@ class BackupJob:
     def recent(self, existing):
         if not self.params["skip_if_newer_than"]:
             return None
-        window = art.parse_age(self.params["skip_if_newer_than"])
-        now = art.utc_now()
+        window = mf.parse_age(self.params["skip_if_newer_than"])
+        now = mf.utc_now()
         for manifest in existing:
-            if manifest.get("verified") and now - art.parse_time(manifest["finished"]) < window:
+            if manifest.get("verified") and now - mf.parse_time(manifest["finished"]) < window:
                 return manifest
         return None
 
     def plan(self, existing):
-        now = art.utc_now()
+        now = mf.utc_now()
         retention = self.params["retention"] or {}
-        pruned = [m["id"] for m in art.select_retained(existing, now, **retention)[1]] if self.store.get("dir") else []
+        pruned = [m["id"] for m in rt.select_retained(existing, now, **retention)[1]] if self.store.get("dir") else []
         pruned_s3 = []
         if self.store.get("s3") and retention:
             remote = _s3.catalog(self.store["s3"], self.kind, self.subject)
-            pruned_s3 = [m["id"] for m in art.select_retained(remote, now, **retention)[1]]
-        name = self.data_name(art.backup_id(self.subject, now))
-        relative = "%s/%s" % (art.relative_dir(self.kind, now), name)
+            pruned_s3 = [m["id"] for m in rt.select_retained(remote, now, **retention)[1]]
+        name = self.data_name(mf.backup_id(self.subject, now))
+        relative = "%s/%s" % (mf.relative_dir(self.kind, now), name)
         planned = os.path.join(self.store["dir"], relative) if self.store.get("dir") else _s3.uri(self.store["s3"], relative)
         planned_view = dict({k: None for k in RESULT_KEYS}, path=planned if self.store.get("dir") else None,
                             s3_uri=_s3.uri(self.store["s3"], relative) if self.store.get("s3") else None)
@@ -198,28 +202,25 @@ class BackupJob:
             manifest = self.write_artifact(self.store["dir"])
             uploaded_pending = []
             if s3:
-                for pending in [m for m in art.catalog(self.store["dir"], self.kind, self.subject) if not m.get("s3_uri")]:
+                for pending in [m for m in mf.catalog(self.store["dir"], self.kind, self.subject) if not m.get("s3_uri")]:
                     upload_artifact(s3, pending)
                     if pending["id"] == manifest["id"]:
                         manifest.update(s3_uri=pending["s3_uri"], s3_manifest_key=pending["s3_manifest_key"])
                     else:
                         uploaded_pending.append(pending["id"])
             return manifest, uploaded_pending
-        staging = tempfile.mkdtemp(prefix="staging-", dir=work_dir(self.store))
-        try:
+        with st.scratch(self.store, "staging-") as staging:
             manifest = self.write_artifact(staging)
             upload_artifact(s3, manifest, keep_local=False)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         manifest["path"] = None
         return manifest, []
 
     def write_artifact(self, root):
-        started = art.utc_now()
-        artifact_id = art.backup_id(self.subject, started)
-        relative = art.relative_dir(self.kind, started)
+        started = mf.utc_now()
+        artifact_id = mf.backup_id(self.subject, started)
+        relative = mf.relative_dir(self.kind, started)
         directory = os.path.join(root, relative)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        atomic.make_dirs(directory)
         path = os.path.join(directory, self.data_name(artifact_id))
         written = []
         try:
@@ -228,20 +229,20 @@ class BackupJob:
             written.append(path)
             duration = time.monotonic() - clock
             manifest = self.describe(artifact_id, relative, path, sink, produced, started, duration)
-            art.write_sidecars(path, manifest["sha256"], manifest["md5"])
+            mf.write_sidecars(path, manifest["sha256"], manifest["md5"])
             written += [path + ".sha256", path + ".md5"]
             for suffix, produce in self.extras():
                 extra_path = os.path.join(directory, self.data_name(artifact_id, suffix))
                 extra_sink, extra_fields = self.stream(extra_path, produce)
                 written += [extra_path, extra_path + ".sha256", extra_path + ".md5"]
                 extra_md5 = extra_sink.md5.hexdigest() if extra_sink.md5 else None
-                art.write_sidecars(extra_path, extra_sink.sha256.hexdigest(), extra_md5)
+                mf.write_sidecars(extra_path, extra_sink.sha256.hexdigest(), extra_md5)
                 manifest["extra_files"].append(os.path.basename(extra_path))
                 manifest.update(extra_fields)
             if self.params["verify"]:
                 self.verify(path, manifest)
-            manifest_file = art.manifest_path(path, artifact_id)
-            art.write_manifest(manifest_file, manifest)
+            manifest_file = mf.manifest_path(path, artifact_id)
+            mf.write_manifest(manifest_file, manifest)
         except BaseException:
             for leftover in written:
                 if os.path.exists(leftover):
@@ -251,25 +252,28 @@ class BackupJob:
         return manifest
 
     def stream(self, path, produce):
-        sink = art.ArtifactSink(path, self.params["compression"], self.params["compression_level"], self.key,
-                                md5=self.params["md5_sidecar"])
+        writer = atomic.AtomicWriter(path)
+        sink = codec.EncodingSink(writer, self.params["compression"], self.params["compression_level"], self.key,
+                                  md5=self.params["md5_sidecar"])
+        sink.path = path
         try:
             fields = produce(sink)
-            sink.close()
+            sink.finish()
+            writer.commit()
         except BaseException:
-            sink.abort()
+            writer.abort()
             raise
         return sink, fields or {}
 
     def describe(self, artifact_id, relative, path, sink, produced, started, duration):
         manifest = {
-            "format_version": art.FORMAT_VERSION, "id": artifact_id, "kind": self.kind, "source_host": socket.getfqdn(),
+            "format_version": codec.FORMAT_VERSION, "id": artifact_id, "kind": self.kind, "source_host": socket.getfqdn(),
             "database": self.subject, "compression": self.params["compression"],
             "compression_level": self.params["compression_level"], "encrypted": bool(self.key),
             "key_id": self.key.key_id if self.key else None, "file": os.path.basename(path), "path": path,
             "relative_dir": relative, "extra_files": [], "size": sink.size, "raw_size": sink.raw_bytes,
             "sha256": sink.sha256.hexdigest(), "md5": sink.md5.hexdigest() if sink.md5 else None,
-            "started": art.format_time(started), "finished": art.format_time(art.utc_now()),
+            "started": mf.format_time(started), "finished": mf.format_time(mf.utc_now()),
             "duration": round(duration, 3), "labels": self.params["labels"], "verified": False, "s3_uri": None,
         }
         manifest.update(self.source)
@@ -277,28 +281,40 @@ class BackupJob:
         return manifest
 
     def verify(self, path, manifest):
+        """Read back every file: its checksum, then the data file through the same decode path restores use."""
         directory = os.path.dirname(path)
-        for name in [manifest["file"]] + manifest["extra_files"]:
-            expected = manifest["sha256"] if name == manifest["file"] else art.read_sidecar(os.path.join(directory, name))
-            sha256, _md5 = art.file_digests(os.path.join(directory, name))
+        for name in manifest["extra_files"]:
+            expected = mf.read_sidecar(os.path.join(directory, name))
+            sha256, _md5 = atomic.file_digests(os.path.join(directory, name))
             if sha256 != expected:
                 raise OpsError("verification failed: %s reads back with sha256 %s, not %s; the disk or filesystem is "
                                "corrupting data; no backup was kept" % (name, sha256, expected))
-        manifest.update(self.inspect(path, manifest))
+        digest = hashlib.sha256()
+        layers = []
+        chunks = codec.decode(codec.read_chunks(path, [digest]), codec.Secrets(key=self.key), layers)
+        fields = self.inspect(chunks, manifest)
+        if digest.hexdigest() != manifest["sha256"]:
+            raise OpsError("verification failed: %s reads back with sha256 %s, not %s; the disk or filesystem is "
+                           "corrupting data; no backup was kept" % (manifest["file"], digest.hexdigest(), manifest["sha256"]))
+        expected = codec.expected_layers(manifest["compression"], manifest["encrypted"])
+        if layers != expected:
+            raise OpsError("verification failed: %s decodes as %s, not %s; no backup was kept"
+                           % (manifest["file"], layers or "plain data", expected))
+        manifest.update(fields)
         manifest["verified"] = True
 
     def prune(self):
         retention = self.params["retention"]
         if not retention:
             return [], []
-        now = art.utc_now()
+        now = mf.utc_now()
         pruned, pruned_s3 = [], []
         if self.store.get("dir"):
-            for old in art.select_retained(art.catalog(self.store["dir"], self.kind, self.subject), now, **retention)[1]:
-                art.delete_artifact(old)
+            for old in rt.select_retained(mf.catalog(self.store["dir"], self.kind, self.subject), now, **retention)[1]:
+                rt.delete_artifact(old)
                 pruned.append(old["id"])
         if self.store.get("s3"):
-            for old in art.select_retained(_s3.catalog(self.store["s3"], self.kind, self.subject), now, **retention)[1]:
+            for old in rt.select_retained(_s3.catalog(self.store["s3"], self.kind, self.subject), now, **retention)[1]:
                 _s3.delete_artifact(self.store["s3"], old)
                 pruned_s3.append(old["id"])
         return pruned, pruned_s3

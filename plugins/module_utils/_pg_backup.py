@@ -7,42 +7,53 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 
-from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
+from ansible_collections.runbook.ops.plugins.module_utils import _pg_archive as archive
 from ansible_collections.runbook.ops.plugins.module_utils import _postgres as pg
 from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import store as st
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 
 KIND = "postgres"
 # The directory format is kept as one tar stream so it has one checksum; tar extracts to a directory
 # that pg_restore reads in parallel.
 EXTENSIONS = {"custom": ".dump", "plain": ".sql", "directory": ".dir.tar"}
 GLOBALS_SUFFIX = ".globals.sql"
+MAX_JOBS = 64
 
 
-def argument_spec():
-    spec = dict(pg.CONNECTION_OPTIONS)
-    spec.update(_backup.backup_argument_spec())
-    spec.update(
+def argspec_ex():
+    return merge_specs(pg.connection_argspec_ex(), _backup.backup_argspec_ex(), {"argspec": dict(
         db=dict(type="str", required=True, aliases=["login_db"]),
         format=dict(type="str", default="custom", choices=["custom", "directory", "plain"]),
         jobs=dict(type="int", default=2),
         globals=dict(type="bool", default=False),
-    )
-    return spec
+        maintenance_db=dict(type="str", default="postgres"),
+    )})
+
+
+def validate_jobs(jobs):
+    if not 1 <= jobs <= MAX_JOBS:
+        raise OpsError("jobs is %d: use 1-%d parallel workers" % (jobs, MAX_JOBS))
 
 
 class PgBackupJob(_backup.BackupJob):
     kind = KIND
     result_keys = ("db_size", "toc_entries", "globals_file")
+    subject_option = "db"
 
     def __init__(self, module, params, subject=None):
         super().__init__(module, params, subject or params["db"])
         self.extension = EXTENSIONS[params["format"]]
-        self.env = pg.libpq_env(params, self.subject)
+        self.env = pg.libpq_env(params)
         self.server = {}
+
+    def validate(self):
+        pg.validate_connection(self.params)
+        pg.validate_db_name(self.subject)
+        validate_jobs(self.params["jobs"])
 
     def facts(self):
         self.server = pg.database_facts(self.params, self.subject)
@@ -64,19 +75,18 @@ class PgBackupJob(_backup.BackupJob):
 
     def dump_directory(self, pg_dump, sink, what):
         """pg_dump -Fd -j N into a private scratch directory beside the store, then tar it into the sink."""
-        scratch = tempfile.mkdtemp(prefix=".pgdump-", dir=_backup.work_dir(self.store))
-        target = os.path.join(scratch, "dump")
-        try:
+        with st.scratch(self.store, ".pgdump-") as scratch:
+            target = os.path.join(scratch, "dump")
             proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"], target), self.env,
                           what + " (directory format)")
             names = sorted(os.listdir(target))
             if "toc.dat" not in names:
                 raise OpsError("%s wrote no toc.dat; refusing to keep an incomplete backup" % what)
-            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for name in ["toc.dat"] + [n for n in names if n != "toc.dat"]:
-                    archive.add(os.path.join(target, name), arcname=name, recursive=False)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+                    tar.add(os.path.join(target, name), arcname=name, recursive=False)
+                    os.unlink(os.path.join(target, name))  # free the scratch space as the tar grows
+            shutil.rmtree(target, ignore_errors=True)
 
     def extras(self):
         if not self.params["globals"]:
@@ -86,34 +96,15 @@ class PgBackupJob(_backup.BackupJob):
     def produce_globals(self, sink):
         pg_dumpall = self.tool("pg_dumpall")
         role_passwords = bool(self.server.get("superuser"))
-        proc.stream_command(pg.globals_argv(pg_dumpall, role_passwords), pg.libpq_env(self.params, "postgres"), sink,
+        proc.stream_command(pg.globals_argv(pg_dumpall, self.params["maintenance_db"], role_passwords), self.env, sink,
                             "pg_dumpall --globals-only")
-        return {"globals_file": os.path.basename(sink.writer.path), "globals_role_passwords": role_passwords}
+        return {"globals_file": os.path.basename(sink.path), "globals_role_passwords": role_passwords}
 
-    def inspect(self, path, manifest):
-        chunks = art.open_plain_reader(path, manifest["compression"], self.key)
+    def inspect(self, chunks, manifest):
         fmt = manifest["format"]
         if fmt == "custom":
             return {"toc_entries": pg.list_archive(self.tool("pg_restore"), chunks, self.env)}
         if fmt == "directory":
-            return {"toc_entries": count_tar_members(chunks)}
-        tail = b""
-        for data in chunks:
-            tail = (tail + data)[-4096:]
-        if b"PostgreSQL database dump complete" not in tail:
-            raise OpsError("verification failed: the SQL dump in %s does not end with pg_dump's completion line" % path)
+            return {"toc_entries": archive.count_tar_members(chunks)}
+        archive.check_sql_end(chunks, manifest["file"])
         return {}
-
-
-def count_tar_members(chunks):
-    """Read a tar stream to its end; the number of data files besides toc.dat."""
-    reader = art.ChunkReader(chunks)
-    try:
-        with tarfile.open(fileobj=reader, mode="r|") as archive:
-            names = [member.name for member in archive]
-    except tarfile.TarError as exc:
-        raise OpsError("the directory-format archive is damaged: %s" % exc, exception=exc)
-    reader.drain()
-    if "toc.dat" not in names:
-        raise OpsError("the directory-format archive has no toc.dat: it is not a pg_dump directory")
-    return len(names) - 1

@@ -1,8 +1,10 @@
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to runbook.ops: PostgreSQL connections and dumps. Not a public API.
+"""Private to runbook.ops: PostgreSQL connections and client tools. Not a public API.
 
-The password reaches libpq tools only through PGPASSWORD in their environment, never argv.
+The password reaches libpq tools only through PGPASSWORD in their environment, never argv. A database name
+reaches them only inside a quoted conninfo (``dbname='...'``), so a name holding ``=`` or a URI is never parsed
+as connection parameters.
 """
 
 from __future__ import annotations
@@ -14,36 +16,77 @@ import subprocess
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
 from ansible_collections.runbook.ops.plugins.module_utils._process import feed_command
 
-CONNECTION_OPTIONS = dict(
-    login_host=dict(type="str", default="localhost", aliases=["host"]),
-    login_port=dict(type="int", default=5432, aliases=["port"]),
-    login_user=dict(type="str", default="postgres"),
-    login_password=dict(type="str", no_log=True),
-    login_unix_socket=dict(type="str"),
-    ssl_mode=dict(type="str", default="prefer", choices=["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]),
-    ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
-)
+CONNECT_TIMEOUT = 10
 
 
-def libpq_env(params, db=None):
+def connection_argspec_ex():
+    """The connection options every PostgreSQL module shares (doc fragment runbook.ops.postgres)."""
+    return {"argspec": dict(
+        login_host=dict(type="str", default="localhost", aliases=["host"]),
+        login_port=dict(type="int", default=5432, aliases=["port"]),
+        login_user=dict(type="str", default="postgres"),
+        login_password=dict(type="str", no_log=True),
+        login_unix_socket=dict(type="str"),
+        ssl_mode=dict(type="str", default="prefer", choices=["allow", "disable", "prefer", "require", "verify-ca",
+                                                             "verify-full"]),
+        ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
+        connect_timeout=dict(type="int", default=CONNECT_TIMEOUT),
+    )}
+
+
+def validate_connection(params):
+    if not 0 < params["login_port"] < 65536:
+        raise OpsError("login_port is %d: a port is 1-65535" % params["login_port"])
+    if params.get("connect_timeout") is not None and params["connect_timeout"] < 1:
+        raise OpsError("connect_timeout is %d: give at least 1 second (libpq waits at least 2)" % params["connect_timeout"])
+
+
+def validate_db_name(name, option="db"):
+    """PostgreSQL's own limits on a database name, checked before any connection."""
+    if not name:
+        raise OpsError("%s is empty: give a database name" % option)
+    if "\x00" in name:
+        raise OpsError("%s holds a NUL byte, which PostgreSQL names cannot hold" % option)
+    if len(name.encode("utf-8")) > 63:
+        raise OpsError("%s %r is %d bytes long; PostgreSQL names are at most 63 bytes (longer ones are cut, so they "
+                       "would name another database)" % (option, name, len(name.encode("utf-8"))))
+    return name
+
+
+KEEPALIVES = " keepalives=1 keepalives_idle=30 keepalives_interval=10 keepalives_count=6"
+
+
+def conninfo(dbname):
+    """``dbname='...'`` with libpq's quoting: the tools take it as a connection string, never as a bare name.
+
+    TCP keepalives make a tool notice a dead network path in about 90 s instead of hanging.
+    """
+    return "dbname='%s'" % dbname.replace("\\", "\\\\").replace("'", "\\'") + KEEPALIVES
+
+
+def _timeout(params):
+    return max(2, int(params.get("connect_timeout") or CONNECT_TIMEOUT))
+
+
+def libpq_env(params):
     host = params.get("login_unix_socket") or params["login_host"]
     env = dict(os.environ, PGHOST=host, PGPORT=str(params["login_port"]), PGUSER=params["login_user"],
-               PGSSLMODE=params["ssl_mode"], PGCONNECT_TIMEOUT="10", PGAPPNAME="runbook.ops")
+               PGSSLMODE=params["ssl_mode"], PGCONNECT_TIMEOUT=str(_timeout(params)), PGAPPNAME="runbook.ops")
+    for name in ("PGDATABASE", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGPASSWORD", "PGPASSFILE"):
+        env.pop(name, None)  # what the caller's environment says must not change which server or database we reach
     if params.get("login_password"):
         env["PGPASSWORD"] = params["login_password"]
     if params.get("ca_cert"):
         env["PGSSLROOTCERT"] = params["ca_cert"]
-    if db:
-        env["PGDATABASE"] = db
     return env
 
 
-def connect_kwargs(params, db, application_name="runbook.ops", connect_timeout=10):
+def connect_kwargs(params, db, application_name="runbook.ops", connect_timeout=None):
     """psycopg2 connection arguments from the connection options shared by every module."""
     kwargs = dict(host=params.get("login_unix_socket") or params.get("login_host") or "localhost",
                   port=int(params.get("login_port") or 5432), user=params.get("login_user") or "postgres",
-                  dbname=db, sslmode=params.get("ssl_mode") or "prefer", connect_timeout=connect_timeout,
-                  application_name=application_name)
+                  dbname=db, sslmode=params.get("ssl_mode") or "prefer",
+                  connect_timeout=connect_timeout or _timeout(params), application_name=application_name)
     if params.get("login_password"):
         kwargs["password"] = params["login_password"]
     if params.get("ca_cert"):
@@ -51,17 +94,26 @@ def connect_kwargs(params, db, application_name="runbook.ops", connect_timeout=1
     return kwargs
 
 
-def connect(params, db):
+def psycopg2_library():
     try:
         import psycopg2
     except ImportError as exc:
-        raise OpsError("the Python library psycopg2 is needed on the host: pip install psycopg2-binary", exception=exc)
+        raise OpsError("the Python library psycopg2 is needed on the host: pip install psycopg2-binary (or apt install "
+                       "python3-psycopg2)", exception=exc)
+    return psycopg2
+
+
+def connect(params, db):
+    psycopg2 = psycopg2_library()
     kwargs = connect_kwargs(params, db)
     try:
         conn = psycopg2.connect(**kwargs)
     except psycopg2.Error as exc:
-        raise OpsError("cannot connect to PostgreSQL database %r on %s:%s: %s" % (
-            db, kwargs["host"], kwargs["port"], first_line(exc)), exception=exc)
+        hint = ""
+        if "password" in str(exc) and not params.get("login_password"):
+            hint = "; the server wants a password: give login_password"
+        raise OpsError("cannot connect to PostgreSQL database %r on %s:%s: %s%s" % (
+            db, kwargs["host"], kwargs["port"], first_line(exc), hint), exception=exc)
     conn.autocommit = True
     return conn
 
@@ -96,13 +148,13 @@ def tool(name, server_version_num=None):
 
 def tool_version(path):
     try:
-        return subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
+        return subprocess.run([path, "--version"], capture_output=True, text=True, check=False, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
         return None
 
 
 def dump_argv(pg_dump, fmt, db, jobs=1, directory=None):
-    argv = [pg_dump, "--no-password", "--dbname", db]
+    argv = [pg_dump, "--no-password", "--dbname", conninfo(db)]
     if fmt == "custom":
         argv += ["--format=custom", "--compress=0"]
     elif fmt == "directory":
@@ -112,8 +164,8 @@ def dump_argv(pg_dump, fmt, db, jobs=1, directory=None):
     return argv
 
 
-def globals_argv(pg_dumpall, role_passwords=True):
-    argv = [pg_dumpall, "--no-password", "--globals-only", "--database=postgres"]
+def globals_argv(pg_dumpall, maintenance_db="postgres", role_passwords=True):
+    argv = [pg_dumpall, "--no-password", "--globals-only", "--dbname", conninfo(maintenance_db)]
     return argv if role_passwords else argv + ["--no-role-passwords"]
 
 

@@ -8,6 +8,7 @@ Nothing here exits: errors are raised as OpsError and turned into fail_json by t
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -16,10 +17,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
-from ansible_collections.runbook.ops.plugins.module_utils._postgres import connect_kwargs
+from ansible_collections.runbook.ops.plugins.module_utils._retry import Deadline, attempts
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -42,13 +43,31 @@ _DEFAULT_PORTS = {"postgres": 5432, "redis": 6379}
 
 
 def secret_header_values(targets):
-    """Values of credential-bearing headers, so the module can add them to no_log_values."""
+    """Values of credential-bearing headers and URL passwords, so the module can add them to no_log_values."""
     values = []
     for target in targets or []:
         for key, value in (target.get("headers") or {}).items():
             if str(key).lower() in SECRET_HEADERS and value:
                 values.append(str(value))
+        try:
+            password = urlsplit(str(target.get("url") or "")).password
+        except ValueError:
+            password = None
+        if password:
+            values += [password, unquote(password)]
     return values
+
+
+def split_credentials(url):
+    """(url without user:password, masked url for display, (user, password) or None)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, url, None
+    host = parts.netloc.rsplit("@", 1)[1]
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    masked = urlunsplit((parts.scheme, "%s:********@%s" % (parts.username or "", host), parts.path, parts.query,
+                         parts.fragment))
+    return clean, masked, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def _describe(index, raw):
@@ -68,7 +87,7 @@ def parse_json_path(path):
 
 def _default_name(target_type, raw):
     if target_type == "http":
-        return raw.get("url")
+        return split_credentials(raw["url"])[1]
     if target_type == "tcp":
         return "%s:%s" % (raw.get("host"), raw.get("port"))
     return "%s://%s:%s" % (target_type, raw.get("login_host") or "localhost",
@@ -100,14 +119,23 @@ def validate_targets(targets):
                 raise OpsError("%s: a tcp target needs field 'host'" % where)
             if not target.get("port"):
                 raise OpsError("%s: a tcp target needs field 'port'" % where)
-        if "port" in target or "login_port" in target:
-            port = target.get("port", target.get("login_port"))
-            if not 0 < int(port) < 65536:
-                raise OpsError("%s: field 'port' is %s; a port is 1-65535" % (where, port))
-        if target.get("timeout", 5) <= 0:
-            raise OpsError("%s: field 'timeout' must be greater than 0 seconds" % where)
-        if target_type == "redis" and "info" in target and not isinstance(target["info"], dict):
-            raise OpsError("%s: field 'info' must be a mapping of INFO field to expected value" % where)
+        for field in ("port", "login_port"):
+            if field in target and not 0 < int(target[field]) < 65536:
+                raise OpsError("%s: field '%s' is %s; a port is 1-65535" % (where, field, target[field]))
+        if not 0 < target.get("timeout", 5) <= 3600:
+            raise OpsError("%s: field 'timeout' must be more than 0 and at most 3600 seconds" % where)
+        if target_type == "redis":
+            if "info" in target and not isinstance(target["info"], dict):
+                raise OpsError("%s: field 'info' must be a mapping of INFO field to expected value" % where)
+            if "db" in target:
+                try:
+                    if int(str(target["db"])) < 0:
+                        raise ValueError(target["db"])
+                except ValueError:
+                    raise OpsError("%s: field 'db' is %r; a Redis db is a number 0, 1, 2 ..." % (where, target["db"]))
+                target["db"] = int(str(target["db"]))
+        elif "db" in target:
+            target["db"] = str(target["db"])
         target.setdefault("name", _default_name(target_type, target))
         target.setdefault("timeout", 5.0)
         target.setdefault("required", True)
@@ -122,9 +150,16 @@ def _validate_http(where, target):
     url = target.get("url")
     if not url:
         raise OpsError("%s: an http target needs field 'url'" % where)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise OpsError("%s: field 'url' is %r; use an absolute http:// or https:// URL" % (where, url))
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname
+    except ValueError as exc:
+        raise OpsError("%s: field 'url' is not a valid URL (%s): check the port (1-65535) and write IPv6 addresses "
+                       "in brackets, e.g. http://[::1]:8000/health" % (where, exc))
+    if parts.scheme not in ("http", "https") or not host:
+        raise OpsError("%s: field 'url' is %r; use an absolute http:// or https:// URL" % (where, split_credentials(url)[1]))
+    if port == 0:
+        raise OpsError("%s: field 'url' has port 0; a port is 1-65535" % where)
     if "cert_min_days" in target and parts.scheme != "https":
         raise OpsError("%s: field 'cert_min_days' needs an https:// url" % where)
     for code in target.get("status_codes") or []:
@@ -250,36 +285,69 @@ def _tls_context(verify):
         return _TLS_CONTEXTS[verify]
 
 
-def http_request(url, method="GET", headers=None, body=None, timeout=5.0, validate_certs=True):
+def _same_origin(a, b):
+    pa, pb = urlsplit(a), urlsplit(b)
+    default = {"http": 80, "https": 443}
+    return (pa.scheme, pa.hostname, pa.port or default.get(pa.scheme)) == \
+        (pb.scheme, pb.hostname, pb.port or default.get(pb.scheme))
+
+
+def http_request(url, method="GET", headers=None, body=None, timeout=5.0, validate_certs=True, deadline=None,
+                 watchdog=None):
     """One HTTP(S) exchange, following up to MAX_REDIRECTS redirects of GET/HEAD. Returns (status, body bytes).
 
-    No proxies: health endpoints are reached directly. Raises OSError (incl. ssl and timeout errors).
+    No proxies: health endpoints are reached directly. Each socket operation waits at most what is left of
+    ``deadline``. A redirect to another origin drops credential headers (as browsers and requests do); a
+    redirect to anything but http or https is refused. Raises OSError (incl. ssl and timeout errors).
     """
+    deadline = deadline or Deadline(timeout)
+    headers = dict(headers or {})
     for _redirect in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
+        left = max(deadline.left(), 0.001)
         if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=left,
                                                context=_tls_context(validate_certs))
         else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=left)
         path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.connect()
+            sock = conn.sock  # http.client drops conn.sock once a response says it will close
+            if watchdog is not None:
+                watchdog.watch(sock)
+            conn.request(method, path, body=body, headers=headers)
+            sock.settimeout(max(deadline.left(), 0.001))
             response = conn.getresponse()
-            data = response.read()
+            chunks = []
+            while True:
+                if deadline.passed():
+                    raise socket.timeout("timed out")
+                sock.settimeout(max(deadline.left(), 0.001))
+                data = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            data = b"".join(chunks)
         except http.client.HTTPException as exc:
             raise OSError("bad HTTP answer: %s" % (exc.__class__.__name__ if not str(exc) else exc))
         finally:
             conn.close()
         location = response.getheader("Location")
         if response.status in (301, 302, 303, 307, 308) and location and method in ("GET", "HEAD"):
-            url = urljoin(url, location)
+            target = urljoin(url, location)
+            scheme = urlsplit(target).scheme
+            if scheme not in ("http", "https"):
+                raise OSError("redirected to a %s: URL, which is not followed (only http and https are)" % scheme)
+            if not _same_origin(url, target):
+                headers = {k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS}
+            url = target
             continue
         return response.status, data
     raise OSError("more than %d redirects" % MAX_REDIRECTS)
 
 
-def _probe_http(target):
+def _probe_http(target, deadline, watchdog):
     method = target.get("method", "GET").upper()
     body = target.get("body")
     headers = dict(target.get("headers") or {})
@@ -289,22 +357,27 @@ def _probe_http(target):
     elif body is not None and not isinstance(body, (str, bytes)):
         body = str(body)
     headers.setdefault("User-Agent", "runbook.ops health_probe")
+    url, _masked, credentials = split_credentials(target["url"])
+    if credentials and not any(k.lower() == "authorization" for k in headers):
+        token = base64.b64encode(("%s:%s" % credentials).encode("utf-8")).decode("ascii")
+        headers["Authorization"] = "Basic " + token
     try:
-        status_code, data = http_request(target["url"], method=method, headers=headers, body=body,
-                                         timeout=target["timeout"], validate_certs=target.get("validate_certs", True))
+        status_code, data = http_request(url, method=method, headers=headers, body=body, timeout=target["timeout"],
+                                         validate_certs=target.get("validate_certs", True), deadline=deadline,
+                                         watchdog=watchdog)
     except (OSError, ValueError) as exc:
         return {"ok": False, "error": _reason(exc)}
     text = data.decode("utf-8", errors="replace")
     ok, detail, error = evaluate_http(target, status_code, text)
     outcome = {"ok": ok, "http_status": status_code, "detail": detail, "error": error}
     if ok and "cert_min_days" in target:
-        outcome.update(_check_cert(target))
+        outcome.update(_check_cert(target, deadline))
     return outcome
 
 
-def _check_cert(target):
+def _check_cert(target, deadline):
     parts = urlsplit(target["url"])
-    days = cert_days_left(parts.hostname, parts.port or 443, target["timeout"])
+    days = cert_days_left(parts.hostname, parts.port or 443, max(deadline.left(), 0.001))
     if days < target["cert_min_days"]:
         return {"ok": False, "cert_days_left": days,
                 "error": "TLS certificate expires in %d days, fewer than cert_min_days %d" % (days, target["cert_min_days"])}
@@ -334,25 +407,29 @@ def _reason(exc):
     return str(getattr(exc, "strerror", None) or exc)
 
 
-def _probe_tcp(target):
+def _probe_tcp(target, deadline, watchdog):
     try:
-        with socket.create_connection((target["host"], int(target["port"])), timeout=target["timeout"]):
+        with socket.create_connection((target["host"], int(target["port"])), timeout=max(deadline.left(), 0.001)):
             pass
     except (OSError, socket.timeout) as exc:
         return {"ok": False, "error": "cannot connect to %s:%s: %s" % (target["host"], target["port"], _reason(exc))}
     return {"ok": True, "detail": "port open"}
 
 
-def _probe_postgres(target):
+def _probe_postgres(target, deadline, watchdog):
     import psycopg2
+    from ansible_collections.runbook.ops.plugins.module_utils._postgres import connect_kwargs
 
-    params = connect_kwargs(target, target.get("db", "postgres"), "runbook.ops health_probe",
-                            max(1, int(round(target["timeout"]))))
-    params["options"] = "-c statement_timeout=%d" % int(target["timeout"] * 1000)
+    left = deadline.left()
+    params = connect_kwargs(target, target.get("db", "postgres"), "runbook.ops health_probe", max(2, int(left + 0.999)))
+    params["options"] = "-c statement_timeout=%d" % max(1, int(left * 1000))
     try:
         conn = psycopg2.connect(**params)
     except psycopg2.Error as exc:
-        return {"ok": False, "error": "cannot connect to PostgreSQL: %s" % first_line(exc)}
+        hint = "; the server wants a password: give login_password" if "password" in str(exc) and \
+            not target.get("login_password") else ""
+        return {"ok": False, "error": "cannot connect to PostgreSQL: %s%s" % (first_line(exc), hint)}
+    watchdog.watch(conn)
     try:
         with conn.cursor() as cur:
             cur.execute(target.get("query") or "SELECT 1")
@@ -368,31 +445,18 @@ def _probe_postgres(target):
     return {"ok": True, "detail": detail}
 
 
-def _probe_redis(target):
+def _probe_redis(target, deadline, watchdog):
     import redis
+    from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 
-    kwargs = {
-        "host": target.get("login_host", "localhost"),
-        "port": int(target.get("login_port", 6379)),
-        "db": int(target.get("db", 0)),
-        "username": target.get("login_user"),
-        "password": target.get("login_password"),
-        "socket_timeout": target["timeout"],
-        "socket_connect_timeout": target["timeout"],
-    }
-    if target.get("tls"):
-        kwargs["ssl"] = True
-        kwargs["ssl_cert_reqs"] = "required" if target.get("validate_certs", True) else "none"
-        if target.get("ca_cert"):
-            kwargs["ssl_ca_certs"] = target["ca_cert"]
-    client = redis.Redis(**kwargs)
+    params = dict(target, connect_timeout=max(deadline.left(), 0.001))
+    client = redis.Redis(**rd.client_kwargs(params, db=int(target.get("db", 0))))
+    watchdog.watch(client)
     try:
         client.ping()
         info = client.info("all") if target.get("info") else client.info("server")
-    except redis.AuthenticationError as exc:
-        return {"ok": False, "error": "authentication failed: %s" % exc}
     except redis.RedisError as exc:
-        return {"ok": False, "error": "cannot reach Redis: %s" % first_line(exc)}
+        return {"ok": False, "error": "cannot reach Redis: %s" % rd.explain(exc, target)}
     finally:
         client.close()
     mismatches = []
@@ -406,16 +470,57 @@ def _probe_redis(target):
     return {"ok": True, "detail": "PONG, redis %s" % info.get("redis_version", "?")}
 
 
+class Watchdog:
+    """Closes what a probe left open once its time is up, so the probe's thread ends soon after."""
+
+    def __init__(self):
+        self.watched = []
+        self.lock = threading.Lock()
+
+    def watch(self, thing):
+        with self.lock:
+            self.watched.append(thing)
+
+    def fire(self):
+        with self.lock:
+            watched, self.watched = self.watched, []
+        for thing in watched:
+            try:
+                if isinstance(thing, socket.socket):
+                    thing.shutdown(socket.SHUT_RDWR)
+                elif hasattr(thing, "cancel"):
+                    thing.cancel()  # psycopg2: cancels the running query
+                thing.close()
+            except Exception:  # best effort: the thread is abandoned either way
+                pass
+
+
 _PROBES = {"http": _probe_http, "tcp": _probe_tcp, "postgres": _probe_postgres, "redis": _probe_redis}
 
 
-def probe_once(target):
-    """Probe one target once and return its result row."""
+
+def probe_once(target, budget=None):
+    """Probe one target once and return its result row; never takes longer than its timeout (or ``budget``)."""
+    limit = target["timeout"] if budget is None else max(0.001, min(target["timeout"], budget))
+    deadline = Deadline(limit)
+    watchdog = Watchdog()
+    box = {}
+
+    def work():
+        try:
+            box["outcome"] = _PROBES[target["type"]](target, deadline, watchdog)
+        except Exception as exc:  # a probe must report, never take the whole task down
+            box["outcome"] = {"ok": False, "error": _reason(exc) if isinstance(exc, OSError) else
+                              "%s: %s" % (exc.__class__.__name__, first_line(exc))}
+
     started = time.monotonic()
-    try:
-        outcome = _PROBES[target["type"]](target)
-    except Exception as exc:  # a probe must report, never take the whole task down
-        outcome = {"ok": False, "error": "%s: %s" % (exc.__class__.__name__, first_line(exc))}
+    thread = threading.Thread(target=work, name="probe %s" % target["name"], daemon=True)
+    thread.start()
+    thread.join(limit + 0.05)
+    outcome = box.get("outcome")
+    if outcome is None:
+        watchdog.fire()
+        outcome = {"ok": False, "error": "timed out: no complete answer within %ss" % round(limit, 3)}
     latency_ms = round((time.monotonic() - started) * 1000, 1)
     status = grade(outcome["ok"], latency_ms, target.get("max_latency_ms"))
     error = outcome.get("error")
@@ -439,40 +544,41 @@ def probe_once(target):
 
 def probe_with_retries(target, retries, delay):
     """Probe until the target is not unhealthy, at most ``retries`` extra times."""
-    attempt = 0
-    while True:
-        attempt += 1
+    result = None
+    for attempt in attempts(retries, delay):
         result = probe_once(target)
         result["attempts"] = attempt
-        if result["status"] != UNHEALTHY or attempt > retries:
-            return result
-        time.sleep(delay)
+        if result["status"] != UNHEALTHY:
+            break
+    return result
 
 
-def probe_all(targets, concurrency=20, retries=0, delay=1.0):
+def probe_all(targets, concurrency=20, retries=0, delay=1.0, budget=None):
     """Probe every target concurrently; results keep the order of ``targets``."""
     workers = max(1, min(concurrency, len(targets)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        if budget is not None:
+            return list(pool.map(lambda t: probe_once(t, budget), targets))
         return list(pool.map(lambda t: probe_with_retries(t, retries, delay), targets))
 
 
 def wait_until_healthy(targets, deadline, delay=1.0, concurrency=20, clock=time.monotonic, sleep=time.sleep):
-    """Poll until no required target is unhealthy or ``deadline`` seconds pass.
+    """Poll until no required target is unhealthy or ``deadline`` seconds pass; no probe outlives the deadline.
 
     Only targets not yet up are probed again. Returns (results, rounds).
     """
-    give_up_at = clock() + deadline
+    give_up = Deadline(deadline, clock)
     results = {}
     pending = list(targets)
     rounds = 0
     while True:
         rounds += 1
-        for result in probe_all(pending, concurrency=concurrency):
+        for result in probe_all(pending, concurrency=concurrency, budget=give_up.left()):
             previous = results.get(result["name"])
             result["attempts"] = (previous["attempts"] + 1) if previous else 1
             results[result["name"]] = result
         pending = [t for t in targets if results[t["name"]]["status"] == UNHEALTHY]
-        if not any(t["required"] for t in pending) or clock() + delay > give_up_at:
+        if not any(t["required"] for t in pending) or give_up.left() <= delay:  # no time left for another round
             break
         sleep(delay)
     return [results[t["name"]] for t in targets], rounds
@@ -483,3 +589,92 @@ def failure_message(results):
     failed = [r for r in results if r["status"] == UNHEALTHY and r["required"]]
     parts = ["%s (%s)" % (r["name"], r["error"]) for r in failed]
     return "%d of %d targets unhealthy: %s" % (len(failed), len(results), "; ".join(parts))
+
+
+# --- the module's options and its one run (health_probe) ----------------------------------------------
+
+TARGET_OPTIONS = dict(
+    name=dict(type="str"),
+    type=dict(type="str", required=True),
+    timeout=dict(type="float", default=5.0),
+    max_latency_ms=dict(type="int"),
+    required=dict(type="bool", default=True),
+    url=dict(type="str"),
+    method=dict(type="str", default="GET"),
+    headers=dict(type="dict"),
+    body=dict(type="raw"),
+    status_codes=dict(type="list", elements="int", default=[200]),
+    json=dict(type="dict"),
+    contains=dict(type="str"),
+    validate_certs=dict(type="bool", default=True),
+    cert_min_days=dict(type="int"),
+    host=dict(type="str"),
+    port=dict(type="int"),
+    login_host=dict(type="str", default="localhost"),
+    login_port=dict(type="int"),
+    login_user=dict(type="str"),
+    login_password=dict(type="str", no_log=True),
+    db=dict(type="raw"),
+    ssl_mode=dict(type="str"),
+    ca_cert=dict(type="path"),
+    query=dict(type="str"),
+    tls=dict(type="bool", default=False),
+    info=dict(type="dict"),
+)
+
+# Defaults that belong to one target type only; dropped from targets of the other types.
+_TYPE_DEFAULTS = {"method": "http", "status_codes": "http", "login_host": ("postgres", "redis"),
+                  "tls": "redis", "validate_certs": ("http", "redis")}
+
+
+def argspec_ex():
+    return {"argspec": dict(
+        targets=dict(type="list", elements="dict", required=True, options=TARGET_OPTIONS),
+        concurrency=dict(type="int", default=20),
+        retries=dict(type="int", default=0),
+        delay=dict(type="float", default=1.0),
+        wait_until_healthy=dict(type="bool", default=False),
+        deadline=dict(type="float", default=60.0),
+        fail_on_unhealthy=dict(type="bool", default=True),
+    )}
+
+
+def _strip_foreign_defaults(target):
+    cleaned = dict(target)
+    for field, types in _TYPE_DEFAULTS.items():
+        if target.get("type") not in (types if isinstance(types, tuple) else (types,)):
+            cleaned.pop(field, None)
+    return cleaned
+
+
+def run(module):
+    """The whole health_probe task: validate every target, probe, grade; OpsError when a required one is down."""
+    params = module.params
+    module.no_log_values.update(secret_header_values(params["targets"]))
+    started = time.monotonic()
+    if params["concurrency"] < 1 or params["retries"] < 0 or params["delay"] < 0 or params["deadline"] <= 0:
+        raise OpsError("concurrency must be at least 1, retries and delay not negative, deadline over 0")
+    if params["wait_until_healthy"] and params["retries"]:
+        raise OpsError("retries and wait_until_healthy do not mix: wait_until_healthy already probes again "
+                       "until deadline; drop retries")
+    targets = validate_targets([_strip_foreign_defaults(t) for t in params["targets"]])
+    if params["wait_until_healthy"]:
+        results, rounds = wait_until_healthy(targets, params["deadline"], delay=params["delay"],
+                                             concurrency=params["concurrency"])
+    else:
+        results = probe_all(targets, concurrency=params["concurrency"], retries=params["retries"], delay=params["delay"])
+        rounds = 1
+    status = overall_status(results)
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in (HEALTHY, DEGRADED, UNHEALTHY)}
+    counts["total"] = len(results)
+    outcome = dict(changed=False, status=status, results=results,
+                   failed_targets=[r["name"] for r in results if r["status"] == UNHEALTHY and r["required"]],
+                   counts=counts, duration=round(time.monotonic() - started, 3), rounds=rounds)
+    if status == UNHEALTHY:
+        message = failure_message(results)
+        if params["fail_on_unhealthy"]:
+            raise OpsError(message, **outcome)
+    else:
+        message = "%s: %d healthy, %d degraded, %d unhealthy of %d targets" % (
+            status, counts["healthy"], counts["degraded"], counts["unhealthy"], counts["total"])
+    return dict(msg=message, **outcome)

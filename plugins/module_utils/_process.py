@@ -1,63 +1,117 @@
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to runbook.ops: running server tools (pg_dump, psql, redis-cli ...) with both ends of a pipe checked.
+"""Private to runbook.ops: running tools (pg_dump, psql, redis-cli ...) with both ends of a pipe checked.
 
-Secrets reach the tools only through their environment (PGPASSWORD, REDISCLI_AUTH), never argv.
+Neutral about what it runs: callers give argv and environment. Secrets reach the tools only through their
+environment (PGPASSWORD, REDISCLI_AUTH), never argv. A tool that stops producing output for ``idle_timeout``
+seconds is killed, so a frozen server or a dead network path never hangs a task.
 """
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import threading
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
-from ansible_collections.runbook.ops.plugins.module_utils._artifacts import CHUNK
+
+CHUNK = 1024 * 1024
+_END = object()
 
 
-def stream_command(argv, env, sink, what):
-    """Run ``argv`` and feed its stdout to ``sink.write``; fail clearly unless it exits 0 with output."""
+def _spawn(argv, env, **kwargs):
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/")
+        return subprocess.Popen(argv, env=env, cwd="/", **kwargs)
     except OSError as exc:
         raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
-    errors = []
-    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    produced = 0
-    try:
-        for data in iter(lambda: proc.stdout.read(CHUNK), b""):
-            produced += len(data)
-            sink.write(data)
-    except BaseException:
+
+
+def _collect(stream, into):
+    thread = threading.Thread(target=lambda: into.append(stream.read()), daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop(proc):
+    if proc.poll() is None:
         proc.kill()
-        proc.wait()
+    proc.wait()
+
+
+def command_output(argv, env, what, idle_timeout=None, alive=None):
+    """Yield the stdout of ``argv`` chunk by chunk; OpsError unless it exits 0, or when it is silent too long.
+
+    After ``idle_timeout`` seconds without output, ``alive()`` (when given) may say the source is still working
+    (a server preparing a snapshot): then the wait goes on, otherwise the tool is stopped.
+    """
+    proc = _spawn(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    errors = []
+    stderr_reader = _collect(proc.stderr, errors)
+    chunks = queue.Queue(maxsize=4)
+
+    def pump():
+        try:
+            for data in iter(lambda: proc.stdout.read1(CHUNK), b""):
+                chunks.put(data)
+        except (OSError, ValueError):
+            pass
+        chunks.put(_END)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        while True:
+            try:
+                data = chunks.get(timeout=idle_timeout)
+            except queue.Empty:
+                if alive is not None and alive():
+                    continue
+                raise OpsError("%s sent nothing for %ss: the server stopped answering (a frozen process or a dead "
+                               "network path); it was stopped" % (what, idle_timeout))
+            if data is _END:
+                break
+            yield data
+    except BaseException:
+        _stop(proc)
         raise
     returncode = proc.wait()
-    reader.join()
-    stderr = b"".join(errors)
+    stderr_reader.join()
     if returncode != 0:
-        raise OpsError("%s %s: %s; no backup was kept" % (what, _exit_text(returncode), _last_line(stderr)))
+        raise OpsError("%s %s: %s" % (what, exit_text(returncode), last_line(b"".join(errors))))
+
+
+def stream_command(argv, env, sink, what, idle_timeout=None, alive=None):
+    """Run ``argv`` and feed its stdout to ``sink.write``; fail clearly unless it exits 0 with output."""
+    produced = 0
+    try:
+        for data in command_output(argv, env, what, idle_timeout, alive):
+            produced += len(data)
+            sink.write(data)
+    except OpsError as exc:
+        raise exc.extend("no backup was kept")
     if produced == 0:
-        raise OpsError("%s exited 0 but wrote nothing (%s); refusing to keep an empty backup" % (what, _last_line(stderr)))
+        raise OpsError("%s exited 0 but wrote nothing; refusing to keep an empty backup" % what)
     return produced
 
 
-def run_tool(argv, env, what, stdin=None):
-    """Run a PostgreSQL tool to completion; OpsError with the last line of its stderr unless it exits 0."""
+def run_tool(argv, env, what, stdin=None, timeout=None):
+    """Run a tool to completion; OpsError with the last line of its stderr unless it exits 0. Returns stdout."""
     try:
-        proc = subprocess.run(argv, env=env, cwd="/", stdin=stdin or subprocess.DEVNULL, capture_output=True, check=False)
+        proc = subprocess.run(argv, env=env, cwd="/", stdin=stdin or subprocess.DEVNULL, capture_output=True,
+                              check=False, timeout=timeout)
     except OSError as exc:
         raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
+    except subprocess.TimeoutExpired as exc:
+        raise OpsError("%s did not finish in %ss and was stopped" % (what, timeout), exception=exc)
     if proc.returncode != 0:
-        raise OpsError("%s %s: %s" % (what, _exit_text(proc.returncode), _last_line(proc.stderr)))
+        raise OpsError("%s %s: %s" % (what, exit_text(proc.returncode), last_line(proc.stderr)))
     return proc.stdout
 
 
-def _exit_text(returncode):
+def exit_text(returncode):
     return "was killed by signal %d" % -returncode if returncode < 0 else "exited with %d" % returncode
 
 
-def _last_line(stderr):
+def last_line(stderr):
     """The tool's last error line (with the statement it ran, when it says), else its last line."""
     lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines() if line.strip()]
     if not lines:
@@ -67,7 +121,7 @@ def _last_line(stderr):
         return lines[-1]
     text = lines[errors[-1]]
     following = lines[errors[-1] + 1:errors[-1] + 2]
-    if following and following[0].startswith("Command was:"):
+    if following and following[0].startswith(("Command was:", "LINE ")):
         text += " (%s)" % following[0][:200].rstrip(";")
     return text
 
@@ -76,20 +130,16 @@ def feed_command(argv, env, chunks, what, capture=False):
     """Run ``argv`` with ``chunks`` on its stdin; checks both sides of the pipe.
 
     If the tool stops reading early (pg_restore --list reads only the table of contents), the rest of
-    ``chunks`` is still drained so the source's own end checks (checksum, authentication) run.
-    Returns stdout when ``capture``.
+    ``chunks`` is still drained so the source's own end checks (checksum, authentication) run. If ``chunks``
+    fails, the tool is killed before its stdin is closed, so a ``--single-transaction`` load never commits
+    half an input. Returns stdout when ``capture``.
     """
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env=env, cwd="/")
-    except OSError as exc:
-        raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
+    proc = _spawn(argv, env, stdin=subprocess.PIPE, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                  stderr=subprocess.PIPE)
     out, errors = [], []
-    readers = [threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)]
+    readers = [_collect(proc.stderr, errors)]
     if capture:
-        readers.append(threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True))
-    for reader in readers:
-        reader.start()
+        readers.append(_collect(proc.stdout, out))
     try:
         feeding = True
         for data in chunks:
@@ -103,12 +153,11 @@ def feed_command(argv, env, chunks, what, capture=False):
         except BrokenPipeError:
             pass
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
         raise
     returncode = proc.wait()
     for reader in readers:
         reader.join()
     if returncode != 0:
-        raise OpsError("%s %s: %s" % (what, _exit_text(returncode), _last_line(b"".join(errors))))
+        raise OpsError("%s %s: %s" % (what, exit_text(returncode), last_line(b"".join(errors))))
     return b"".join(out)

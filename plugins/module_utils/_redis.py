@@ -3,7 +3,8 @@
 """Private to runbook.ops: Redis connections, facts, RDB files and scratch servers. Not a public API.
 
 The password reaches redis-cli only through REDISCLI_AUTH in its environment, and a scratch
-redis-server gets its settings from a 0600 file, never from argv.
+redis-server gets its settings from a 0600 file, never from argv. Every client is bounded by its
+timeout and never retries on its own: a server that does not answer fails in ``connect_timeout``.
 """
 
 from __future__ import annotations
@@ -13,47 +14,116 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+from ansible_collections.runbook.ops.plugins.module_utils._retry import poll
 
-CONNECTION_OPTIONS = dict(
-    login_host=dict(type="str", default="localhost", aliases=["host"]),
-    login_port=dict(type="int", default=6379, aliases=["port"]),
-    login_user=dict(type="str"),
-    login_password=dict(type="str", no_log=True),
-    tls=dict(type="bool", default=False),
-    ca_cert=dict(type="path"),
-    validate_certs=dict(type="bool", default=True),
-)
+CONNECT_TIMEOUT = 10
 RDB_MAGIC = b"REDIS"
 RDB_EOF = 0xFF
 
 
-def _redis_library():
+def connection_argspec_ex():
+    """The connection options every Redis module shares (doc fragment runbook.ops.redis)."""
+    return {"argspec": dict(
+        login_host=dict(type="str", default="localhost", aliases=["host"]),
+        login_port=dict(type="int", default=6379, aliases=["port"]),
+        login_user=dict(type="str"),
+        login_password=dict(type="str", no_log=True),
+        tls=dict(type="bool", default=False),
+        ca_cert=dict(type="path"),
+        validate_certs=dict(type="bool", default=True),
+        connect_timeout=dict(type="float", default=CONNECT_TIMEOUT),
+    )}
+
+
+def validate_connection(params):
+    if not 0 < params["login_port"] < 65536:
+        raise OpsError("login_port is %d: a port is 1-65535" % params["login_port"])
+    if params.get("connect_timeout") is not None and params["connect_timeout"] <= 0:
+        raise OpsError("connect_timeout must be more than 0 seconds")
+
+
+def library():
     try:
         import redis
     except ImportError as exc:
-        raise OpsError("the Python library redis is needed on the host: pip install redis", exception=exc)
+        raise OpsError("the Python library redis is needed on the host: pip install redis (or apt install python3-redis)",
+                       exception=exc)
     return redis
 
 
-def client(params, db=0, timeout=10):
-    """A connected client; OpsError that names the server when it is down or refuses the login."""
-    redis = _redis_library()
+def client_kwargs(params, db=0, timeout=None):
+    """redis-py arguments: bounded by ``timeout`` and with redis-py's own retries turned off."""
+    library()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = timeout or params.get("connect_timeout") or CONNECT_TIMEOUT
     kwargs = dict(host=params.get("login_host") or "localhost", port=int(params.get("login_port") or 6379), db=db,
                   username=params.get("login_user"), password=params.get("login_password"), socket_timeout=timeout,
-                  socket_connect_timeout=timeout, client_name="runbook.ops")
+                  socket_connect_timeout=timeout, client_name="runbook.ops", retry=Retry(NoBackoff(), 0),
+                  retry_on_timeout=False)
     if params.get("tls"):
         kwargs.update(ssl=True, ssl_ca_certs=params.get("ca_cert"),
                       ssl_cert_reqs="required" if params.get("validate_certs", True) else "none")
+    return kwargs
+
+
+def explain(exc, params):
+    """An operator's reading of a redis-py error."""
+    redis = library()
+    text = first_line(exc)
+    if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text or "HELLO must be called" in text:
+        if not params.get("login_password"):
+            return "the server needs a password: give login_password (and login_user for an ACL user)"
+        return "the server refused the login: check login_user and login_password (%s)" % text
+    if isinstance(exc, redis.TimeoutError):
+        return "no answer within %ss (connect_timeout): the server is frozen, overloaded or behind a dead network path" \
+            % (params.get("connect_timeout") or CONNECT_TIMEOUT)
+    return text
+
+
+def client(params, db=0, timeout=None):
+    """A connected client; OpsError that names the server when it is down or refuses the login."""
+    redis = library()
+    kwargs = client_kwargs(params, db, timeout)
     conn = redis.Redis(**kwargs)
     conn.runbook_params = params
     try:
         conn.ping()
     except redis.RedisError as exc:
-        raise OpsError("cannot reach Redis at %s:%s: %s" % (kwargs["host"], kwargs["port"], first_line(exc)), exception=exc)
+        raise OpsError("cannot reach Redis at %s:%s: %s" % (kwargs["host"], kwargs["port"], explain(exc, params)),
+                       exception=exc)
     return conn
+
+
+_CLIENTS = {}
+
+
+def for_db(conn, db):
+    """A client on the same server as ``conn`` for another db, made once with the same settings."""
+    if db == conn.connection_pool.connection_kwargs.get("db", 0):
+        return conn
+    key = (id(conn), db)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = (conn, client(conn.runbook_params, db=db))  # keep conn alive so its id stays unique
+    return _CLIENTS[key][1]
+
+
+def db_exists(conn, db):
+    """Whether the server has db number ``db`` (CONFIG GET databases, else a SELECT on a fresh connection)."""
+    configured = config_get(conn, "databases")
+    if configured is not None:
+        return 0 <= db < int(configured)
+    redis = library()
+    try:
+        for_db(conn, db)
+        return True
+    except OpsError as exc:
+        if isinstance(exc.exception, redis.ResponseError):
+            return False
+        raise
 
 
 def cli_argv(params, tool="redis-cli"):
@@ -93,9 +163,24 @@ def facts(conn):
             "aof_enabled": bool(info.get("aof_enabled")), "role": info.get("role")}
 
 
+def replica_of(conn):
+    """'host:port' of the master when the server is a replica, else None."""
+    info = conn.info("replication")
+    if info.get("role") in ("slave", "replica"):
+        return "%s:%s" % (info.get("master_host"), info.get("master_port"))
+    return None
+
+
+def memory(conn):
+    """used_memory, maxmemory (0 = no limit), the eviction policy and the memory of an empty server."""
+    info = conn.info("memory")
+    return {"used": int(info.get("used_memory", 0)), "max": int(info.get("maxmemory", 0)),
+            "policy": info.get("maxmemory_policy", "noeviction"), "startup": int(info.get("used_memory_startup", 0))}
+
+
 def config_get(conn, name):
     """CONFIG GET, or None when CONFIG is disabled or renamed on a hardened server."""
-    redis = _redis_library()
+    redis = library()
     try:
         value = conn.config_get(name)
     except redis.ResponseError:
@@ -166,19 +251,19 @@ def free_port():
 
 def wait_loaded(params, timeout, what, proc=None, log_tail=None):
     """Poll until the server answers and has finished loading its data; a client on db 0."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready():
         if proc is not None and proc.poll() is not None:
             raise OpsError("Redis could not load %s: %s" % (what, log_tail() if log_tail else "it exited"))
         try:
             conn = client(params, timeout=5)
-            if not conn.info("persistence").get("loading"):
-                return conn
+            return conn if not conn.info("persistence").get("loading") else None
         except Exception:  # OpsError while it starts, BusyLoadingError while it loads
-            pass
-        if time.monotonic() > deadline:
-            raise OpsError("Redis did not finish loading %s in %ss" % (what, timeout))
-        time.sleep(0.02)
+            return None
+
+    def give_up():
+        raise OpsError("Redis did not finish loading %s in %ss" % (what, timeout))
+
+    return poll(ready, timeout, 0.02, on_timeout=give_up)
 
 
 class ScratchServer:
@@ -196,12 +281,12 @@ class ScratchServer:
     def launch(self):
         binary = shutil.which("redis-server")
         if not binary:
-            raise OpsError("redis-server is not installed on the host; live restores load the backup into a private "
+            raise OpsError("redis-server is not installed on the host; restores load the backup into a private "
                            "redis-server first: install the redis-server package")
         conf = os.path.join(self.directory, self.name + ".conf")
         with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             handle.write("port %d\nbind 127.0.0.1\nprotected-mode yes\ndir %s\ndbfilename %s\nappendonly no\nsave \"\"\n"
-                         "daemonize no\nlogfile %s\nrequirepass %s\n"
+                         "daemonize no\nlogfile %s\nrequirepass %s\ndatabases 256\n"
                          % (self.port, self.directory, self.rdb_name, self.log, self.password))
         self.proc = subprocess.Popen([binary, conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.directory)
 
@@ -210,7 +295,7 @@ class ScratchServer:
         params = {"login_host": "127.0.0.1", "login_port": self.port, "login_password": self.password}
         try:
             return wait_loaded(params, timeout, "the backup", self.proc, self.log_tail)
-        except OpsError:
+        except BaseException:
             self.stop()
             raise
 

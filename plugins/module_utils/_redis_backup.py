@@ -5,39 +5,45 @@
 from __future__ import annotations
 
 import os
-import time
 
-from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
 from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import codec
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
+from ansible_collections.runbook.ops.plugins.module_utils._retry import poll
 
 KIND = "redis"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def argument_spec():
-    spec = dict(rd.CONNECTION_OPTIONS)
-    spec.update(_backup.backup_argument_spec())
-    spec.update(
+def argspec_ex():
+    return merge_specs(rd.connection_argspec_ex(), _backup.backup_argspec_ex(), {"argspec": dict(
         name=dict(type="str", default="redis"),
         method=dict(type="str", default="auto", choices=["auto", "replication", "bgsave"]),
         rdb_path=dict(type="path"),
         bgsave_timeout=dict(type="int", default=3600),
-    )
-    return spec
+        idle_timeout=dict(type="int", default=60),
+    )})
 
 
 class RedisBackupJob(_backup.BackupJob):
     kind = KIND
     extension = ".rdb"
     result_keys = ("keys", "method", "rdb_version")
+    subject_option = "name"
 
     def __init__(self, module, params, subject=None):
         super().__init__(module, params, subject or params["name"])
         self.conn = None
         self.method = None
+
+    def validate(self):
+        rd.validate_connection(self.params)
+        for option in ("bgsave_timeout", "idle_timeout"):
+            if self.params[option] < 1:
+                raise OpsError("%s is %d: give at least 1 second" % (option, self.params[option]))
 
     def facts(self):
         self.conn = rd.client(self.params)
@@ -74,15 +80,23 @@ class RedisBackupJob(_backup.BackupJob):
         if self.method == "bgsave":
             path = self.local_rdb()
             self.check_fresh(path)
-            with open(path, "rb") as handle:
-                for data in iter(lambda: handle.read(art.CHUNK), b""):
-                    check.write(data)
+            for data in codec.read_chunks(path):
+                check.write(data)
             what = "the RDB file %s" % path
         else:
             argv = rd.cli_argv(self.params) + ["--rdb", "-"]
-            proc.stream_command(argv, rd.cli_env(self.params), check, "redis-cli --rdb (replication snapshot)")
+            proc.stream_command(argv, rd.cli_env(self.params), check, "redis-cli --rdb (replication snapshot)",
+                                idle_timeout=self.params["idle_timeout"], alive=self.server_answers)
             what = "the replication snapshot"
         return {"rdb_version": check.version(what), "method": self.method}
+
+    def server_answers(self):
+        """While the stream is silent: a server that still answers is preparing its snapshot; one that does not is gone."""
+        redis = rd.library()
+        try:
+            return bool(rd.client(self.params, timeout=min(10, self.params["idle_timeout"])).ping())
+        except (OpsError, redis.RedisError):
+            return False
 
     def check_fresh(self, path):
         """The file must be the one BGSAVE just wrote, not a stale copy that happens to sit at the same path."""
@@ -98,7 +112,7 @@ class RedisBackupJob(_backup.BackupJob):
 
     def bgsave(self):
         """BGSAVE and wait for it; False when the command is disabled (auto then falls back to replication)."""
-        redis = rd._redis_library()
+        redis = rd.library()
         before = self.conn.lastsave()
         try:
             self.conn.bgsave()
@@ -109,23 +123,25 @@ class RedisBackupJob(_backup.BackupJob):
             if "already in progress" not in text:
                 raise OpsError("BGSAVE failed: %s%s" % (first_line(exc), "" if self.params["method"] == "auto" else
                                                         "; BGSAVE may be disabled: use method: replication"), exception=exc)
-        deadline = time.monotonic() + self.params["bgsave_timeout"]
-        while True:
-            persistence = self.conn.info("persistence")
-            if not persistence.get("rdb_bgsave_in_progress") and self.conn.lastsave() != before:
-                if persistence.get("rdb_last_bgsave_status") != "ok":
-                    raise OpsError("BGSAVE failed on the server (rdb_last_bgsave_status=%s): check the Redis log, disk "
-                                   "space and vm.overcommit_memory" % persistence.get("rdb_last_bgsave_status"))
-                return True
-            if time.monotonic() > deadline:
-                raise OpsError("BGSAVE did not finish in %ss: raise bgsave_timeout" % self.params["bgsave_timeout"])
-            time.sleep(0.1)
 
-    def inspect(self, path, manifest):
+        def finished():
+            persistence = self.conn.info("persistence")
+            return not persistence.get("rdb_bgsave_in_progress") and self.conn.lastsave() != before and persistence
+
+        def give_up():
+            raise OpsError("BGSAVE did not finish in %ss: raise bgsave_timeout" % self.params["bgsave_timeout"])
+
+        persistence = poll(finished, self.params["bgsave_timeout"], 0.1, on_timeout=give_up)
+        if persistence.get("rdb_last_bgsave_status") != "ok":
+            raise OpsError("BGSAVE failed on the server (rdb_last_bgsave_status=%s): check the Redis log, disk "
+                           "space and vm.overcommit_memory" % persistence.get("rdb_last_bgsave_status"))
+        return True
+
+    def inspect(self, chunks, manifest):
         check = rd.RdbCheck(_Discard())
-        for data in art.open_plain_reader(path, manifest["compression"], self.key):
+        for data in chunks:
             check.write(data)
-        return {"rdb_version": check.version(os.path.basename(path))}
+        return {"rdb_version": check.version(manifest["file"])}
 
 
 class _Discard:

@@ -8,11 +8,11 @@ when a task uses S3, and every botocore failure becomes an OpsError that says wh
 
 from __future__ import annotations
 
-import json
 import os
+import re
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
-from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, manifest as mf
 
 PART_SIZE = 64 * 1024 * 1024
 
@@ -25,7 +25,8 @@ def client(s3):
         raise OpsError("the Python library boto3 is needed for an S3 store: pip install boto3 on the host", exception=exc)
     session = boto3.session.Session(aws_access_key_id=s3.get("access_key"), aws_secret_access_key=s3.get("secret_key"),
                                     region_name=s3.get("region"))
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    config = Config(retries={"total_max_attempts": s3.get("max_attempts") or 2, "mode": "standard"},
+                    connect_timeout=s3.get("connect_timeout") or 5, read_timeout=s3.get("read_timeout") or 15)
     return session.client("s3", endpoint_url=s3.get("endpoint_url"), config=config)
 
 
@@ -46,10 +47,11 @@ def parse_uri(text):
     return bucket, name
 
 
-def _transfer_config():
+def _transfer_config(s3):
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
+    return TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                          num_download_attempts=s3.get("max_attempts") or 2)
 
 
 def upload(s3, files):
@@ -66,7 +68,7 @@ def upload(s3, files):
     for local, relative in files:
         name = key(s3, relative)
         try:
-            conn.upload_file(local, s3["bucket"], name, ExtraArgs=dict(extra), Config=_transfer_config())
+            conn.upload_file(local, s3["bucket"], name, ExtraArgs=dict(extra), Config=_transfer_config(s3))
         except Exception as exc:  # botocore raises many types; all mean the upload did not happen
             raise OpsError("upload of %s to s3://%s/%s failed: %s. The local copy is kept; a later run uploads it"
                            % (os.path.basename(local), s3["bucket"], name, first_line(exc)), exception=exc)
@@ -76,9 +78,9 @@ def upload(s3, files):
 
 def download(s3, bucket, name, path):
     """Fetch one object to ``path`` (0600, scratch: no fsync); OpsError when it is missing or the endpoint fails."""
-    writer = art.AtomicWriter(path, durable=False)
+    writer = atomic.AtomicWriter(path, durable=False)
     try:
-        client(s3).download_fileobj(bucket, name, writer, Config=_transfer_config())
+        client(s3).download_fileobj(bucket, name, writer, Config=_transfer_config(s3))
         writer.commit()
     except OpsError:
         writer.abort()
@@ -98,27 +100,32 @@ def exists(s3, bucket, name):
 
 
 def catalog(s3, kind, subject=None):
-    """Manifests stored in S3 for a kind (and subject), newest first; each gains ``s3_manifest_key``."""
+    """Manifests stored in S3 for a kind (and subject), newest first; each gains ``s3_manifest_key``.
+
+    A damaged manifest is skipped with a warning; only manifests named for ``subject`` are read.
+    """
     conn = client(s3)
     root = key(s3, kind + "/")
+    pattern = re.compile(r"^%s%s$" % (mf.id_pattern(subject) if subject else ".+", re.escape(mf.MANIFEST_SUFFIX)))
     found = []
     try:
         for page in conn.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=root):
             for item in page.get("Contents", []):
                 name = item["Key"]
-                base = name.rsplit("/", 1)[-1]
-                if not base.endswith(art.MANIFEST_SUFFIX) or (subject and not base.startswith(subject + "_")):
+                if not pattern.match(name.rsplit("/", 1)[-1]):
                     continue
                 body = conn.get_object(Bucket=s3["bucket"], Key=name)["Body"].read()
-                manifest = json.loads(body)
+                try:
+                    manifest = mf.parse_manifest(body, "s3://%s/%s" % (s3["bucket"], name))
+                except OpsError as exc:
+                    mf.skip_damaged("s3://%s/%s" % (s3["bucket"], name), exc)
+                    continue
                 if subject is None or manifest.get("database") == subject:
                     manifest["s3_manifest_key"] = name
                     found.append(manifest)
-    except ValueError as exc:
-        raise OpsError("a manifest under s3://%s/%s is not JSON: %s" % (s3["bucket"], root, exc), exception=exc)
     except Exception as exc:
         raise OpsError("cannot list backups in s3://%s/%s: %s" % (s3["bucket"], root, first_line(exc)), exception=exc)
-    found.sort(key=lambda m: m.get("finished", ""), reverse=True)
+    found.sort(key=lambda m: m["finished"], reverse=True)
     return found
 
 

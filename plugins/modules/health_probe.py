@@ -291,109 +291,12 @@ rounds:
   type: int
 """
 
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils import _probe
-
-TARGET_OPTIONS = dict(
-    name=dict(type="str"),
-    type=dict(type="str", required=True),
-    timeout=dict(type="float", default=5.0),
-    max_latency_ms=dict(type="int"),
-    required=dict(type="bool", default=True),
-    url=dict(type="str"),
-    method=dict(type="str", default="GET"),
-    headers=dict(type="dict"),
-    body=dict(type="raw"),
-    status_codes=dict(type="list", elements="int", default=[200]),
-    json=dict(type="dict"),
-    contains=dict(type="str"),
-    validate_certs=dict(type="bool", default=True),
-    cert_min_days=dict(type="int"),
-    host=dict(type="str"),
-    port=dict(type="int"),
-    login_host=dict(type="str", default="localhost"),
-    login_port=dict(type="int"),
-    login_user=dict(type="str"),
-    login_password=dict(type="str", no_log=True),
-    db=dict(type="str"),
-    ssl_mode=dict(type="str"),
-    ca_cert=dict(type="path"),
-    query=dict(type="str"),
-    tls=dict(type="bool", default=False),
-    info=dict(type="dict"),
-)
-
-# Defaults that belong to one target type only; dropped from targets of the other types.
-_TYPE_DEFAULTS = {"method": "http", "status_codes": "http", "login_host": ("postgres", "redis"),
-                  "tls": "redis", "validate_certs": ("http", "redis")}
-
-
-def _strip_foreign_defaults(target):
-    cleaned = dict(target)
-    for field, types in _TYPE_DEFAULTS.items():
-        if target.get("type") not in (types if isinstance(types, tuple) else (types,)):
-            cleaned.pop(field, None)
-    return cleaned
+from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            targets=dict(type="list", elements="dict", required=True, options=TARGET_OPTIONS),
-            concurrency=dict(type="int", default=20),
-            retries=dict(type="int", default=0),
-            delay=dict(type="float", default=1.0),
-            wait_until_healthy=dict(type="bool", default=False),
-            deadline=dict(type="float", default=60.0),
-            fail_on_unhealthy=dict(type="bool", default=True),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
-    module.no_log_values.update(_probe.secret_header_values(params["targets"]))
-    started = time.monotonic()
-    try:
-        if params["concurrency"] < 1 or params["retries"] < 0 or params["delay"] < 0 or params["deadline"] <= 0:
-            raise OpsError("concurrency must be at least 1, retries and delay not negative, deadline over 0")
-        if params["wait_until_healthy"] and params["retries"]:
-            raise OpsError("retries and wait_until_healthy do not mix: wait_until_healthy already probes again "
-                           "until deadline; drop retries")
-        targets = _probe.validate_targets([_strip_foreign_defaults(t) for t in params["targets"]])
-    except OpsError as exc:
-        module.fail_json(msg=exc.message)
-
-    if params["wait_until_healthy"]:
-        results, rounds = _probe.wait_until_healthy(targets, params["deadline"], delay=params["delay"],
-                                                    concurrency=params["concurrency"])
-    else:
-        results = _probe.probe_all(targets, concurrency=params["concurrency"], retries=params["retries"],
-                                   delay=params["delay"])
-        rounds = 1
-
-    status = _probe.overall_status(results)
-    counts = {s: sum(1 for r in results if r["status"] == s) for s in (_probe.HEALTHY, _probe.DEGRADED, _probe.UNHEALTHY)}
-    counts["total"] = len(results)
-    outcome = dict(
-        changed=False,
-        status=status,
-        results=results,
-        failed_targets=[r["name"] for r in results if r["status"] == _probe.UNHEALTHY and r["required"]],
-        counts=counts,
-        duration=round(time.monotonic() - started, 3),
-        rounds=rounds,
-    )
-    if status == _probe.UNHEALTHY:
-        message = _probe.failure_message(results)
-        if params["fail_on_unhealthy"]:
-            module.fail_json(msg=message, **outcome)
-    else:
-        message = "%s: %d healthy, %d degraded, %d unhealthy of %d targets" % (
-            status, counts["healthy"], counts["degraded"], counts["unhealthy"], counts["total"])
-    module.exit_json(msg=message, **outcome)
+    run_module(_probe.argspec_ex(), _probe.run)
 
 
 if __name__ == "__main__":

@@ -178,12 +178,12 @@ uploaded_pending:
   elements: str
 """
 
-from ansible_collections.runbook.ops.plugins.module_utils._pg_backup import PgBackupJob, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._pg_backup import PgBackupJob, argspec_ex
 from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    run_module(argument_spec(), lambda module: PgBackupJob(module, module.params).run())
+    run_module(argspec_ex(), lambda module: PgBackupJob(module, module.params).run())
 
 
 if __name__ == "__main__":

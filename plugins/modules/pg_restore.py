@@ -288,12 +288,12 @@ restore:
       type: float
 """
 
-from ansible_collections.runbook.ops.plugins.module_utils._pg_restore import PgRestore, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._pg_restore import PgRestore, argspec_ex
 from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    run_module(argument_spec(), lambda module: PgRestore(module, module.params).run(), mutually_exclusive=[("owner", "session_role")])
+    run_module(argspec_ex(), lambda module: PgRestore(module, module.params).run())
 
 
 if __name__ == "__main__":

@@ -141,12 +141,12 @@ uploaded_pending:
   elements: str
 """
 
-from ansible_collections.runbook.ops.plugins.module_utils._redis_backup import RedisBackupJob, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._redis_backup import RedisBackupJob, argspec_ex
 from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    run_module(argument_spec(), lambda module: RedisBackupJob(module, module.params).run())
+    run_module(argspec_ex(), lambda module: RedisBackupJob(module, module.params).run())
 
 
 if __name__ == "__main__":

@@ -247,14 +247,12 @@ restore:
       type: float
 """
 
-from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import RedisRestore, argument_spec
+from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import RedisRestore, argspec_ex
 from ansible_collections.runbook.ops.plugins.module_utils._module import run_module
 
 
 def main():
-    run_module(argument_spec(), lambda module: RedisRestore(module, module.params).run(),
-               mutually_exclusive=[("existing_keys", "replace"), ("service", "stop_command")],
-               required_together=[("stop_command", "start_command")])
+    run_module(argspec_ex(), lambda module: RedisRestore(module, module.params).run())
 
 
 if __name__ == "__main__":

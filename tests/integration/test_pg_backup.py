@@ -14,18 +14,20 @@ import pytest
 
 from servers import PG_BIN, free_port
 
-from ansible_collections.runbook.ops.plugins.module_utils import _artifacts as art
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, lock
 
 from pg_helpers import BACKUP, backup_task, pg_dump_text, sql
 
 
 def restore_artifact(pg, path, compression, key, target):
-    """Independent check: decrypt and decompress with the library, restore with the real pg_restore."""
+    """Independent check: decode the file afresh, restore with the real pg_restore."""
     sql(pg, "postgres", "CREATE DATABASE %s" % target)
     plain = Path(str(path) + ".plain")
     with open(plain, "wb") as out:
-        for data in art.open_plain_reader(str(path), compression, key):
+        layers = []
+        for data in codec.decode(codec.read_chunks(str(path)), codec.Secrets(key=key), layers):
             out.write(data)
+        assert layers == codec.expected_layers(compression, key is not None)
     env = dict(os.environ, **pg.env)
     subprocess.run([str(PG_BIN / "pg_restore"), "--no-password", "--exit-on-error", "-d", target, str(plain)],
                    env=env, check=True, capture_output=True)
@@ -57,7 +59,7 @@ def test_backup_round_trip_is_encrypted_verified_private_and_restores_the_same_c
         assert stat.S_IMODE(produced.stat().st_mode) == 0o600
     assert not list(path.parent.glob(".*partial"))
 
-    key = art.EncryptionKey(passphrase="backup-pass-phrase")
+    key = codec.EncryptionKey(passphrase="backup-pass-phrase")
     restore_artifact(pg, path, "zstd", key, database + "_copy")
     try:
         assert pg_dump_text(pg, database + "_copy") == pg_dump_text(pg, database)
@@ -165,13 +167,13 @@ def test_disk_full_fails_clearly_keeps_nothing_partial_and_earlier_backups_intac
     assert "no space left" in full.task(BACKUP)["result"]["msg"]
     assert not [p for p in small_disk.rglob("*") if p.name.endswith(".partial")]
     assert len(list(small_disk.rglob("*.manifest.json"))) == 1
-    assert art.file_digests(earlier["path"])[0] == earlier["sha256"]
+    assert atomic.file_digests(earlier["path"])[0] == earlier["sha256"]
 
 
 def test_two_backups_of_one_database_never_write_together(ansible, pg, database, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
-    with art.StoreLock(str(store), "postgres", database):
+    with lock.StoreLock(str(store), "postgres", database):
         run = ansible.play(backup_task(pg, database, {"dir": str(store)}, lock_timeout=1))
     assert run.rc != 0
     assert "another backup of this database is running" in run.task(BACKUP)["result"]["msg"]

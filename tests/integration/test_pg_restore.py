@@ -359,7 +359,7 @@ def test_pg_dump_killed_mid_backup_leaves_nothing_that_looks_finished(ansible, p
                         argv = Path("/proc/%s/cmdline" % pid).read_bytes().split(b"\0")
                     except OSError:
                         continue
-                    if argv[0].endswith(b"pg_dump") and big.encode() in argv:
+                    if argv[0].endswith(b"pg_dump") and any(big.encode() in arg for arg in argv):
                         time.sleep(0.3)
                         os.kill(int(pid), 9)
                         killed.append(pid)

@@ -347,10 +347,26 @@ def test_a_live_restore_that_fails_half_way_reports_what_was_written_and_keeps_a
     store = {"dir": str(tmp_path / "store")}
     made = ansible.play(task(BACKUP, "redis_backup", dict(connection(source), store=store)))
     assert made.rc == 0, made
-    target = servers("small", password="pw2", extra_config={"maxmemory": "3mb", "maxmemory-policy": "noeviction"})
+    target = servers("small", password="pw2", extra_config={"maxmemory-policy": "noeviction"})
     target.client().set("existing", "value")
+    squeezed = []
+
+    def squeeze_memory_half_way():
+        """Another client takes the memory away once the restore is under way: it runs out half way."""
+        conn = target.client()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not squeezed:
+            if conn.dbsize() > 300:
+                conn.config_set("maxmemory", "3mb")
+                squeezed.append(conn.dbsize())
+            time.sleep(0.001)
+
+    squeezer = threading.Thread(target=squeeze_memory_half_way)
+    squeezer.start()
     run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src="latest", store=store, force=True,
-                                                           batch_size=200)))
+                                                           batch_size=200, scratch_servers=1)))
+    squeezer.join()
+    assert squeezed, "the restore never got under way"
     assert run.rc != 0
     result = run.task(RESTORE)["result"]
     assert "OOM" in result["msg"] and "the restore stopped after" in result["msg"]

@@ -78,7 +78,13 @@ def test_overall_status_required_failure_is_unhealthy_optional_one_degrades():
     ([http(cert_min_days=3)], "'cert_min_days' needs an https:// url"),
     ([http(), http()], "target 'api': field 'name' 'api' is used by another target"),
     ([{"type": "tcp", "host": "h", "port": 1, "query": "SELECT 1"}], "field(s) query do not apply to a tcp target"),
-    ([http(timeout=0)], "'timeout' must be greater than 0"),
+    ([http(timeout=0)], "'timeout' must be more than 0"),
+    ([http(timeout=7200)], "at most 3600 seconds"),
+    ([http(url="http://h:99999/")], "not a valid URL"),
+    ([http(url="http://[::1/health")], "write IPv6 addresses in brackets"),
+    ([http(url="http://h:0/")], "port 0"),
+    ([{"name": "r", "type": "redis", "db": "two"}], "a Redis db is a number"),
+    ([{"name": "r", "type": "redis", "login_port": 0}], "field 'login_port' is 0"),
 ])
 def test_validation_names_the_target_and_the_field(targets, message):
     with pytest.raises(OpsError) as raised:
@@ -98,11 +104,18 @@ def test_secret_headers_are_collected_for_no_log():
     assert sorted(_probe.secret_header_values(targets)) == ["Bearer abc", "k1"]
 
 
+def test_url_credentials_are_hidden_from_names_and_collected_for_no_log():
+    targets = _probe.validate_targets([{"type": "http", "url": "http://ops:s%40cret@h:8000/health"}])
+    assert targets[0]["name"] == "http://ops:********@h:8000/health"
+    assert "s@cret" in _probe.secret_header_values(targets)
+    assert _probe.split_credentials("http://ops:s%40cret@h/x") == ("http://h/x", "http://ops:********@h/x", ("ops", "s@cret"))
+
+
 def test_wait_until_healthy_probes_only_pending_targets_until_the_deadline(monkeypatch):
     calls = []
     answers = {"a": iter(["unhealthy", "healthy"]), "b": iter(["healthy"])}
 
-    def fake_probe_all(targets, concurrency):
+    def fake_probe_all(targets, concurrency, budget=None):
         calls.append([t["name"] for t in targets])
         return [{"name": t["name"], "status": next(answers[t["name"]]), "required": True, "attempts": 1} for t in targets]
 
@@ -118,12 +131,13 @@ def test_wait_until_healthy_probes_only_pending_targets_until_the_deadline(monke
 
 
 def test_wait_until_healthy_stops_at_the_deadline(monkeypatch):
-    monkeypatch.setattr(_probe, "probe_all", lambda targets, concurrency: [
+    monkeypatch.setattr(_probe, "probe_all", lambda targets, concurrency, budget: [
         {"name": t["name"], "status": "unhealthy", "required": True, "attempts": 1} for t in targets])
     now = [0.0]
     results, rounds = _probe.wait_until_healthy([{"name": "a", "required": True}], deadline=3, delay=1,
                                                 clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
-    assert rounds == 4 and results[0]["status"] == "unhealthy" and results[0]["attempts"] == 4  # t=0,1,2,3
+    # t=0, 1, 2: a round at t=3 would have no time left to probe in
+    assert rounds == 3 and results[0]["status"] == "unhealthy" and results[0]["attempts"] == 3
 
 
 def test_failure_message_lists_required_failures():

@@ -10,6 +10,7 @@ import pytest
 import zstandard
 
 from ansible_collections.runbook.ops.plugins.module_utils import _sources as src
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import codec
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
 SQL = ("--\n-- PostgreSQL database dump\n--\n" + "INSERT INTO t VALUES (1, 'Zoë');\n" * 20000 +
@@ -18,7 +19,7 @@ SQL = ("--\n-- PostgreSQL database dump\n--\n" + "INSERT INTO t VALUES (1, 'Zoë
 
 def plaintext(path, **secrets):
     source = src.Source(str(path), str(path))
-    data = b"".join(source.plaintext(src.Secrets(secrets or None)))
+    data = b"".join(source.plaintext(codec.Secrets(secrets or None)))
     return data, source
 
 
@@ -30,7 +31,7 @@ def test_pigz_style_concatenated_gzip_members_and_multi_frame_zstd_decode_whole(
     for name, layer in (("a.sql.gz", "gzip"), ("a.sql.zst", "zstd")):
         data, source = plaintext(tmp_path / name)
         assert data == SQL and source.layers == [layer]
-        assert src.content_kind(data[:4096]) == "text"
+        assert codec.content_kind(data[:4096]) == "text"
 
 
 @pytest.mark.parametrize("kdf, expected", [(["-pbkdf2"], "pbkdf2-sha256 (10000 iterations)"),
@@ -68,8 +69,8 @@ def test_a_sidecar_mismatch_is_reported_as_a_checksum_failure(tmp_path):
 
 
 def test_content_kinds():
-    assert src.content_kind(b"PGDMP\x01\x0e\x00") == "custom"
-    assert src.content_kind(b"REDIS0011") == "rdb"
-    assert src.content_kind(b"x" * 257 + b"ustar\x0000" + b"\0" * 100) == "tar"
-    assert src.content_kind(os.urandom(4096)) is None
-    assert src.content_kind(b"") is None
+    assert codec.content_kind(b"PGDMP\x01\x0e\x00") == "custom"
+    assert codec.content_kind(b"REDIS0011") == "rdb"
+    assert codec.content_kind(b"x" * 257 + b"ustar\x0000" + b"\0" * 100) == "tar"
+    assert codec.content_kind(os.urandom(4096)) is None
+    assert codec.content_kind(b"") is None

@@ -1,0 +1,153 @@
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to runbook.ops: restoring Redis by swapping its files with the service stopped. Not a public API.
+
+Stop the service, keep the old RDB/AOF aside, put the new RDB in place with AOF off for the load, start,
+check the key counts, turn AOF back on; any failure puts the old files back and starts the server again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._retry import poll
+
+
+class FileSwap:
+    """Stop, move the old files aside, put the RDB in place with AOF off, start, check; undo on any failure."""
+
+    def __init__(self, params, data_dir, dbfilename, aof_dir, config_file, aof_on, stamp):
+        self.params = params
+        self.rdb_path = os.path.join(data_dir, dbfilename)
+        self.aof_dir = aof_dir
+        self.config_file = config_file
+        self.aof_on = aof_on
+        self.suffix = ".pre_restore_" + stamp
+        self.config_text = None
+        self.moved = []
+
+    def run(self, rdb, expected, report):
+        self.stop_server()
+        try:
+            self.put_in_place(rdb)
+            conn = self.start_server()
+            found = rd.keyspace(conn)
+            report["target_keys_after"] = {str(k): v for k, v in sorted(found.items())}
+            if expected is not None and found != {db: c for db, c in expected.items() if c}:
+                raise OpsError("after the restart the server holds keys per db %s, the backup's manifest says %s"
+                               % (report["target_keys_after"], {str(k): v for k, v in expected.items()}))
+            if self.aof_on:
+                self.enable_aof(conn)
+            report["restored"] = sum(found.values())
+        except BaseException as exc:
+            self.roll_back()
+            if isinstance(exc, OpsError):
+                raise OpsError("%s; the old files were put back and the server started again" % exc.message,
+                               exception=exc.exception)
+            raise
+        report["previous_files"] = [new for _old, new in self.moved] if self.params["keep_previous"] else []
+        if not self.params["keep_previous"]:
+            for _old, new in self.moved:
+                _remove(new)
+
+    def stop_server(self):
+        self.command("stop", self.params["stop_command"] or ["systemctl", "stop", self.params["service"]])
+
+        def still_listening():
+            raise OpsError("the Redis server still listens 60 s after the stop command")
+
+        poll(lambda: not _port_open(self.params["login_host"], self.params["login_port"]), 60, 0.1,
+             on_timeout=still_listening)
+
+    def put_in_place(self, rdb):
+        for path in (self.rdb_path, self.aof_dir):
+            if os.path.exists(path):
+                os.rename(path, path + self.suffix)
+                self.moved.append((path, path + self.suffix))
+        staged = os.path.join(os.path.dirname(self.rdb_path), ".%s.restore" % os.path.basename(self.rdb_path))
+        shutil.copyfile(rdb, staged)
+        if self.moved and os.path.isfile(self.moved[0][1]):
+            shutil.copystat(self.moved[0][1], staged)
+            stat = os.stat(self.moved[0][1])
+            os.chown(staged, stat.st_uid, stat.st_gid)
+        os.rename(staged, self.rdb_path)
+        atomic.fsync_dir(os.path.dirname(self.rdb_path))
+        if self.aof_on:
+            with open(self.config_file) as handle:
+                self.config_text = handle.read()
+            lines = [line for line in self.config_text.splitlines() if not line.strip().lower().startswith("appendonly ")]
+            _write_keeping_mode(self.config_file, "\n".join(lines + ["appendonly no"]) + "\n")
+
+    def start_server(self):
+        self.command("start", self.params["start_command"] or ["systemctl", "start", self.params["service"]])
+        return rd.wait_loaded(self.params, self.params["load_timeout"], "the restored RDB")
+
+    def enable_aof(self, conn):
+        conn.config_set("appendonly", "yes")
+
+        def rewritten():
+            persistence = conn.info("persistence")
+            done = persistence.get("aof_enabled") and not persistence.get("aof_rewrite_in_progress") \
+                and not persistence.get("aof_rewrite_scheduled")
+            return persistence if done else None
+
+        def too_slow():
+            raise OpsError("the AOF rewrite after the restore did not finish in %ss" % self.params["load_timeout"])
+
+        persistence = poll(rewritten, self.params["load_timeout"], 0.05, on_timeout=too_slow)
+        if persistence.get("aof_last_bgrewrite_status") != "ok":
+            raise OpsError("re-enabling AOF failed: aof_last_bgrewrite_status=%s" % persistence.get("aof_last_bgrewrite_status"))
+        _write_keeping_mode(self.config_file, self.config_text)  # appendonly yes again, as the operator wrote it
+
+    def roll_back(self):
+        try:
+            self.command("stop", self.params["stop_command"] or ["systemctl", "stop", self.params["service"]])
+        except OpsError:
+            pass
+        for original, aside in self.moved:
+            _remove(original)
+            os.rename(aside, original)
+        if self.moved == [] and os.path.exists(self.rdb_path):
+            _remove(self.rdb_path)
+        if self.config_text is not None:
+            _write_keeping_mode(self.config_file, self.config_text)
+        self.command("start", self.params["start_command"] or ["systemctl", "start", self.params["service"]])
+
+    @staticmethod
+    def command(what, argv):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OpsError("cannot %s Redis with %s: %s" % (what, argv[0], exc), exception=exc)
+        if proc.returncode != 0:
+            raise OpsError("%s command %s exited with %d: %s" % (what, " ".join(argv), proc.returncode,
+                                                                 (proc.stderr or proc.stdout).strip()[-300:]))
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _write_keeping_mode(path, text):
+    mode = os.stat(path).st_mode & 0o7777
+    writer = atomic.AtomicWriter(path)
+    writer.write(text.encode())
+    writer.commit()
+    os.chmod(path, mode)
+
+
+def _port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,172 @@
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to runbook.ops: copying keys from private Redis servers into a live target. Not a public API.
+
+Keys move from the scratch servers straight to the target with MIGRATE ... COPY KEYS in batches, several
+servers at once, so Python stays out of the data path; DUMP/RESTORE through this process is the fallback
+when MIGRATE cannot reach the target (e.g. over TLS).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+
+SAMPLE = 200
+MIGRATE_TIMEOUT_MS = 60000
+
+
+def key_batches(conn, pattern, size):
+    batch = []
+    for key in conn.scan_iter(match=pattern or None, count=size):
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def existing(conn, keys):
+    """The keys of ``keys`` that exist on ``conn``."""
+    pipe = conn.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    return [key for key, hit in zip(keys, pipe.execute()) if hit]
+
+
+def flush(conn, pattern=None):
+    """Empty the db of ``conn`` (FLUSHDB, or SCAN + UNLINK where FLUSHDB is renamed away), or only the keys
+    matching ``pattern``. Returns how many keys were removed."""
+    redis = rd.library()
+    if pattern:
+        removed = 0
+        for batch in key_batches(conn, pattern, 1000):
+            removed += conn.unlink(*batch)
+        return removed
+    count = conn.dbsize()
+    try:
+        conn.flushdb()
+    except redis.ResponseError:
+        for batch in key_batches(conn, None, 1000):
+            conn.unlink(*batch)
+    return count
+
+
+class Copier:
+    """Copies batches of one db into a target db, counting what is written as it happens (so a failure half way
+    reports exactly that)."""
+
+    def __init__(self, params, replace):
+        self.params = params
+        self.replace = replace
+
+    def copy_db(self, stats, sources, target, src_db, dst_db, batches, skip_existing):
+        dest = rd.for_db(target, dst_db)
+        if skip_existing:
+            kept = []
+            for batch in batches:
+                present = set(existing(dest, batch))
+                stats["skipped"] += len(present)
+                kept.append([key for key in batch if key not in present])
+            batches = kept
+        batches = [keys for keys in batches if keys]
+        transport = self.params["transport"]
+        if transport == "auto":
+            transport = "dump" if self.params["tls"] else "migrate"
+        sources = [rd.for_db(conn, src_db) for conn in sources]
+        if transport == "migrate":
+            lock = threading.Lock()
+
+            def work(index):
+                for keys in batches[index::len(sources)]:
+                    self.migrate(sources[index], dst_db, keys)
+                    with lock:
+                        stats["restored"] += len(keys)
+
+            try:
+                with ThreadPoolExecutor(max_workers=len(sources)) as pool:
+                    list(pool.map(work, range(len(sources))))
+                stats["transport"] = "migrate"
+                return
+            except OpsError:
+                if self.params["transport"] == "migrate" or stats["restored"]:
+                    raise
+                transport = "dump"  # MIGRATE cannot reach the target from the scratch server (nothing was written)
+        for keys in batches:
+            done, failed = self.dump_restore(sources[0], dest, keys)
+            stats["restored"] += done
+            stats["failed"] += failed
+        stats["transport"] = transport
+
+    def migrate(self, source, dst_db, keys):
+        redis = rd.library()
+        params = self.params
+        args = ["MIGRATE", params["login_host"], params["login_port"], "", dst_db, MIGRATE_TIMEOUT_MS, "COPY"]
+        if self.replace:
+            args.append("REPLACE")
+        if params["login_password"]:
+            args += (["AUTH2", params["login_user"], params["login_password"]] if params["login_user"]
+                     else ["AUTH", params["login_password"]])
+        try:
+            source.execute_command(*args, "KEYS", *keys)
+        except redis.ResponseError as exc:
+            raise OpsError("MIGRATE to the target failed: %s" % first_line(exc), exception=exc)
+
+    def dump_restore(self, source, dest, keys):
+        redis = rd.library()
+        pipe = source.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+        pipe = dest.pipeline(transaction=False)
+        for index, key in enumerate(keys):
+            payload, ttl = replies[2 * index], replies[2 * index + 1]
+            if payload is not None:
+                pipe.restore(key, max(ttl, 0), payload, replace=self.replace)
+        results = pipe.execute(raise_on_error=False)
+        failed = sum(1 for r in results if isinstance(r, redis.ResponseError))
+        return len(results) - failed, failed
+
+
+def compare_sample(loaded, target, plan, batches, skip_existing):
+    """DUMP (or the value, where DUMP depends on internal order) and TTL of up to SAMPLE keys per db on both sides."""
+    checked = mismatched = 0
+    examples = []
+    for src_db, dst_db in plan:
+        keys = [key for batch in batches[src_db][:1] for key in batch][:SAMPLE]
+        if not keys or skip_existing:  # a skipped key keeps the target's own value
+            continue
+        left, right = rd.for_db(loaded, src_db), rd.for_db(target, dst_db)
+        a, b = _dump_ttl(left, keys), _dump_ttl(right, keys)
+        for index, key in enumerate(keys):
+            checked += 1
+            same_value = a[2 * index] == b[2 * index] or _content(left, key) == _content(right, key)
+            ttl_a, ttl_b = a[2 * index + 1], b[2 * index + 1]
+            same_ttl = (ttl_a < 0 and ttl_b < 0) or (ttl_a >= 0 and ttl_b >= 0 and abs(ttl_a - ttl_b) <= 1500)
+            if not (same_value and same_ttl):
+                mismatched += 1
+                examples.append("db%d:%s (%s)" % (dst_db, key.decode(errors="replace"),
+                                                  "ttl %s vs %s" % (ttl_a, ttl_b) if same_value else "value"))
+    return {"checked": checked, "mismatched": mismatched, "examples": examples[:5]}
+
+
+def _dump_ttl(conn, keys):
+    pipe = conn.pipeline(False)
+    for key in keys:
+        pipe.dump(key)
+        pipe.pttl(key)
+    return pipe.execute()
+
+
+def _content(conn, key):
+    """A key's type and value, comparable across servers (DUMP of a hash or set depends on its internal order)."""
+    kind = conn.type(key)
+    readers = {b"string": conn.get, b"hash": conn.hgetall, b"list": lambda k: conn.lrange(k, 0, -1),
+               b"set": lambda k: sorted(conn.smembers(k)), b"zset": lambda k: conn.zrange(k, 0, -1, withscores=True),
+               b"stream": conn.xrange}
+    return kind, readers.get(kind, conn.dump)(key)
