@@ -22,12 +22,17 @@ options:
     required: true
     suboptions:
       dir:
-        description: Local directory of the store. Created with mode 0700 when missing.
+        description:
+          - Local directory of the store. Created with mode 0700 when missing (never in check mode).
+          - A run removes partial files of its own database left by a killed earlier run (it holds that database's
+            lock, so no live writer owns them).
         type: path
       work_dir:
         description:
           - Private scratch space (mode 0700) for staging S3-only backups, directory-format dumps and downloads.
           - Defaults to C(<dir>/.work), or the system temporary directory when the store has no O(store.dir).
+          - Each run's scratch directory records its owner process; a later run removes those whose owner is
+            provably dead (same host, process gone). Check mode uses the system temporary directory instead.
         type: path
       s3:
         description:
@@ -65,6 +70,20 @@ options:
           storage_class:
             description: Storage class, for example C(STANDARD_IA).
             type: str
+          connect_timeout:
+            description: Seconds to wait for a connection to the endpoint.
+            type: float
+            default: 5
+          read_timeout:
+            description: Seconds to wait for each answer of the endpoint (one socket read).
+            type: float
+            default: 15
+          max_attempts:
+            description:
+              - Attempts per request, the first included (1-10). An endpoint that accepts connections and never
+                answers fails a request after about O(store.s3.max_attempts) times O(store.s3.read_timeout) seconds.
+            type: int
+            default: 2
   encryption:
     description:
       - Encrypt at rest with AES-256-GCM in authenticated chunks; a wrong key or a changed byte is detected.
@@ -72,7 +91,9 @@ options:
     type: dict
     suboptions:
       key_file:
-        description: File holding the key (32 raw bytes, or any secret text, which is stretched with scrypt).
+        description:
+          - File holding the key (32 raw bytes, or any secret text, which is stretched with scrypt).
+          - A key file that group or others may read is used, with a warning to C(chmod 600) it.
         type: path
       passphrase:
         description: Passphrase, stretched with scrypt. Never shown.
@@ -87,7 +108,7 @@ options:
     type: dict
     suboptions:
       keep_last:
-        description: Keep the newest N.
+        description: Keep the newest N. Every count must be 0 or more.
         type: int
       keep_days:
         description: Keep everything younger than N days.

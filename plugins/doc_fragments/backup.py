@@ -15,7 +15,9 @@ options:
     default: zstd
     choices: [zstd, gzip, none]
   compression_level:
-    description: Level for O(compression); zstd 1-19 (default 3), gzip 1-9 (default 6).
+    description:
+      - Level for O(compression); zstd 1-22 (default 3), gzip 1-9 (default 6). Other values, or a level with
+        O(compression=none), are refused before anything runs.
     type: int
   md5_sidecar:
     description: Also write a C(<file>.md5) sidecar that C(md5sum -c) checks.
@@ -29,14 +31,16 @@ options:
     type: bool
     default: true
   skip_if_newer_than:
-    description: Do nothing, and report no change, when a verified backup finished less than this long ago (V(90m), V(6h), V(1d)).
+    description:
+      - Do nothing, and report no change, when a verified backup finished less than this long ago (V(90m), V(6h), V(1d)).
+      - A positive, finite age of at most 100 years; anything else is refused before anything runs.
     type: str
   lock_timeout:
     description: Seconds to wait for another backup of the same source to finish before failing.
     type: int
     default: 0
   labels:
-    description: Free-form labels stored in the manifest.
+    description: Free-form labels (strings, numbers, booleans) stored in the manifest.
     type: dict
     default: {}
 """

@@ -40,6 +40,14 @@ options:
     description: CA certificate to verify the server with (libpq sslrootcert).
     type: path
     aliases: [ssl_rootcert]
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection (libpq waits at least 2). The client tools also use TCP keepalives, so a
+        dead network path during a dump or restore is noticed in about 90 seconds instead of hanging.
+    type: int
+    default: 10
 notes:
+  - Database names reach the client tools inside a quoted connection string, so a name holding C(=) or looking like
+    a URI is never read as connection parameters.
   - Needs the Python library C(psycopg2) and the PostgreSQL client tools on the host the module runs on.
 """

@@ -38,6 +38,12 @@ options:
     description: Verify the server's certificate when O(tls=true).
     type: bool
     default: true
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection and for each answer. The client never retries on its own, so a server that
+        accepts connections and never answers fails the task in this time.
+    type: float
+    default: 10
 notes:
   - Needs the Python library C(redis) and the C(redis-tools) (and for live restores C(redis-server)) packages on the
     host the module runs on.

@@ -18,8 +18,8 @@ import socket
 import time
 
 from ansible_collections.runbook.ops.plugins.module_utils import _s3
-from ansible_collections.runbook.ops.plugins.module_utils._artifacts import (atomic, codec, lock, manifest as mf,
-                                                                              retention as rt, store as st)
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, lock
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import manifest as mf, retention as rt, store as st
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 from ansible_collections.runbook.ops.plugins.module_utils._sources import SAFETY_PURPOSE

@@ -21,7 +21,9 @@ from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atom
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
 SQL_END = b"PostgreSQL database dump complete"
-DROP_TABLE = re.compile(r"^DROP TABLE IF EXISTS (.+);$")
+DROP_START = ("DROP ", "ALTER ", "SELECT pg_catalog.lo_unlink")
+DROP_CONSTRAINT = re.compile(r"^ALTER TABLE IF EXISTS ONLY (.+) DROP CONSTRAINT IF EXISTS (.+);$")
+DROP_INDEX = re.compile(r"^DROP INDEX IF EXISTS (.+);$")
 
 
 class Prepared:
@@ -171,11 +173,30 @@ def _read_tar(stream, prepared, materialize, scratch_root, pg_restore, env):
         prepared.toc_entries = len(names) - 1
 
 
-def clean_tables(script):
-    """Quoted qualified names of the tables a ``pg_restore --clean --if-exists`` script drops."""
-    names = []
-    for line in script.decode("utf-8", errors="replace").splitlines():
-        match = DROP_TABLE.match(line)
-        if match:
-            names.append(match.group(1))
-    return names
+def drop_statements(script):
+    """The statements of the clean phase of a ``pg_restore --clean --if-exists`` script, one per line.
+
+    pg_restore prints them after its header and before the first object's comment or ``SET``.
+    """
+    drops = []
+    for line in script.decode("utf-8").splitlines():
+        if not drops and not line.startswith(DROP_START):
+            continue
+        if line.startswith(("--", "SET ")):
+            break
+        if line:
+            drops.append(line)
+    return drops
+
+
+def without_inherited(drops, inherited_constraints, partition_indexes):
+    """Drops minus those of constraints and indexes a partition inherits from its parent: PostgreSQL refuses them
+    ("cannot drop inherited constraint") and drops them itself with the parent's. Returns (kept, skipped)."""
+    kept, skipped = [], []
+    for line in drops:
+        constraint, index = DROP_CONSTRAINT.match(line), DROP_INDEX.match(line)
+        if (constraint and constraint.groups() in inherited_constraints) or (index and index.group(1) in partition_indexes):
+            skipped.append(line)
+        else:
+            kept.append(line)
+    return kept, skipped

@@ -245,19 +245,12 @@ def _allow_connections_again(params, maintenance_db, name):
              % (name, exc.message))
 
 
-def partitions_to_detach(conn, qualified_tables):
-    """(parent, child) pairs, both among ``qualified_tables`` (quoted names), where child is a partition of parent.
-
-    ``pg_restore --clean`` drops a partition's inherited constraints before the tables and fails ("cannot drop
-    inherited constraint"); detaching those partitions first, in the same transaction, lets it run.
-    """
-    if not qualified_tables:
-        return []
-    rows = execute(conn, "WITH wanted AS (SELECT to_regclass(name) AS oid FROM unnest(%s::text[]) AS name) "
-                         "SELECT format('%%I.%%I', pn.nspname, p.relname), format('%%I.%%I', cn.nspname, c.relname) "
-                         "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn "
-                         "ON cn.oid = c.relnamespace JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn "
-                         "ON pn.oid = p.relnamespace WHERE c.relispartition AND i.inhparent IN (SELECT oid FROM wanted) "
-                         "AND i.inhrelid IN (SELECT oid FROM wanted) ORDER BY 1, 2",
-                   "cannot read the partitions of the target", (list(qualified_tables),))
-    return [(parent, child) for parent, child in rows]
+def inherited_objects(conn):
+    """What partitions inherit, named as pg_dump quotes them: {(table, constraint)} and {index}."""
+    constraints = execute(conn, "SELECT format('%I.%I', n.nspname, c.relname), format('%I', con.conname) "
+                                "FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n "
+                                "ON n.oid = c.relnamespace WHERE NOT con.conislocal", "cannot read inherited constraints")
+    indexes = execute(conn, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
+                            "ON n.oid = c.relnamespace WHERE c.relkind = 'i' AND c.relispartition",
+                      "cannot read partition indexes")
+    return {tuple(row) for row in constraints}, {row[0] for row in indexes}

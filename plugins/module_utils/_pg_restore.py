@@ -293,20 +293,23 @@ class PgRestore:
             proc.feed_command(argv, env, prepared.source.plaintext(self.secrets), what)
 
     def load_clean(self, prepared, database, argv, psql, env, what):
-        """--clean --if-exists in one psql transaction; partitions that --clean cannot drop are detached first."""
+        """The drops of --clean --if-exists, then the restore, in one psql transaction.
+
+        Drops of what partitions inherit are left out: PostgreSQL refuses them and drops them with the parent's.
+        """
         location = prepared.location
-        script = argv + ["--clean", "--if-exists", "--file", "-", location]
-        tables = archive.clean_tables(proc.run_tool(script[:-1] + ["--schema-only", location], env,
-                                                    "pg_restore --schema-only --clean"))
+        drops = archive.drop_statements(proc.run_tool(argv + ["--clean", "--if-exists", "--schema-only", "--file", "-",
+                                                              location], env, "pg_restore --clean --schema-only"))
         conn = pg.connect(self.params, database)
         try:
-            pairs = ddl.partitions_to_detach(conn, tables)
+            constraints, indexes = ddl.inherited_objects(conn)
         finally:
             conn.close()
-        detach = "".join("ALTER TABLE %s DETACH PARTITION %s;\n" % pair for pair in pairs).encode()
-        proc.feed_command(psql, env, itertools.chain([detach], proc.command_output(script, env, what)),
-                          "psql restoring into %s" % database)
-        self.report.update(jobs=1, partitions_detached=len(pairs))
+        kept, skipped = archive.without_inherited(drops, constraints, indexes)
+        clean = "".join(line + "\n" for line in kept).encode("utf-8")
+        script = proc.command_output(argv + ["--file", "-", location], env, what)
+        proc.feed_command(psql, env, itertools.chain([clean], script), "psql restoring into %s" % database)
+        self.report.update(jobs=1, dropped_first=len(kept), inherited_drops_skipped=len(skipped))
 
     def check(self, database):
         conn = pg.connect(self.params, database)

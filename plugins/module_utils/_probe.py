@@ -498,7 +498,6 @@ class Watchdog:
 _PROBES = {"http": _probe_http, "tcp": _probe_tcp, "postgres": _probe_postgres, "redis": _probe_redis}
 
 
-
 def probe_once(target, budget=None):
     """Probe one target once and return its result row; never takes longer than its timeout (or ``budget``)."""
     limit = target["timeout"] if budget is None else max(0.001, min(target["timeout"], budget))

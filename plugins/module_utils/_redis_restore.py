@@ -134,8 +134,8 @@ class RedisRestore:
             master = rd.replica_of(target)
             if master:
                 raise OpsError("the target %s:%s is a read-only replica of %s: a restore must go to the master (the "
-                               "replica then copies it); nothing was changed" % (self.params["login_host"],
-                                                                               self.params["login_port"], master))
+                               "replica then copies it); nothing was changed"
+                               % (self.params["login_host"], self.params["login_port"], master))
         try:
             with st.scratch(self.store, ".redis-restore-", self.module.check_mode) as scratch_dir:
                 result = self.restore(target, scratch_dir)

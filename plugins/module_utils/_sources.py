@@ -85,7 +85,6 @@ class Source:
         self.sha256 = digests["sha256"].hexdigest()
 
 
-
 # --- resolving src ----------------------------------------------------------------------------------
 
 def resolve(src, store, kind, subject, scratch_dir):

@@ -38,7 +38,9 @@ attributes:
     details: Each run takes a new backup unless O(skip_if_newer_than) finds a recent one.
 options:
   db:
-    description: Database to back up.
+    description:
+      - Database to back up. Any name PostgreSQL allows (quotes, C(=), multibyte text, up to 63 bytes) except one
+        holding C(/), which cannot be part of the backup's file name.
     type: str
     required: true
     aliases: [login_db]
@@ -52,9 +54,13 @@ options:
     default: custom
     choices: [custom, directory, plain]
   jobs:
-    description: Parallel pg_dump workers for O(format=directory); each holds one more connection.
+    description: Parallel pg_dump workers for O(format=directory) (1-64); each holds one more connection.
     type: int
     default: 2
+  maintenance_db:
+    description: Database C(pg_dumpall --globals-only) connects to for O(globals=true).
+    type: str
+    default: postgres
   globals:
     description:
       - Also save roles and tablespaces with C(pg_dumpall --globals-only) as C(<id>.globals.sql...) in the same

@@ -47,7 +47,7 @@ options:
     type: dict
     required: false
   db:
-    description: Target database.
+    description: Target database (any name PostgreSQL allows, up to 63 bytes).
     type: str
     required: true
     aliases: [login_db]
@@ -95,13 +95,13 @@ options:
     type: bool
     default: true
   jobs:
-    description: Parallel pg_restore workers for custom, tar and directory archives in O(mode=swap).
+    description: Parallel pg_restore workers (1-64) for custom, tar and directory archives in O(mode=swap).
     type: int
     default: 2
   owner:
     description:
       - Role that owns the restored database and every object in it (C(pg_restore --no-owner --role), and
-        C(SET ROLE) for SQL text). O(login_user) must be a member of it.
+        C(SET ROLE) for SQL text). O(login_user) must be a member of it. Cannot be combined with O(session_role).
     type: str
   session_role:
     description: Role to C(SET ROLE) to while restoring; ownership recorded in the archive is kept.
@@ -139,10 +139,19 @@ options:
     type: int
     default: 10000
   terminate_timeout:
-    description: Seconds to keep closing sessions of the target before giving up on the swap.
+    description:
+      - Seconds to keep closing sessions of the target before giving up on the swap. A prepared transaction or a
+        replication slot that holds the target is named at once instead (closing sessions cannot release it).
     type: int
     default: 30
 notes:
+  - Scratch and previous database names are C(<db>_restore_<timestamp>) and C(<db>_pre_restore_<timestamp>), with
+    O(db) cut by bytes to fit PostgreSQL's 63-byte limit and a counter added when the name is taken. A scratch
+    database records its owner process in its comment; a later restore of the same O(db) drops those whose owner is
+    provably dead (a restore killed with SIGKILL). On SIGTERM the scratch database and scratch files are
+    removed before the task fails.
+  - In O(mode=in_place), partitions of tables in the backup are detached first, in the same transaction, so
+    C(--clean) can drop and recreate partitioned tables with primary keys.
   - For C(openssl enc) files the passphrase is O(encryption.passphrase), or the first line of O(encryption.key_file)
     (as C(openssl enc -pass file:) reads it).
   - The store is needed for O(src=latest) and for O(safety_backup).

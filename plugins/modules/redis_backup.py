@@ -33,7 +33,9 @@ attributes:
     details: Each run takes a new backup unless O(skip_if_newer_than) finds a recent one.
 options:
   name:
-    description: Name of the Redis instance in artifact ids (C(<name>_<YYYYMMDD_HHMMSS>)) and for O(skip_if_newer_than) and retention.
+    description:
+      - Name of the Redis instance in artifact ids (C(<name>_<YYYYMMDD_HHMMSS>)) and for O(skip_if_newer_than) and
+        retention. It cannot hold C(/).
     type: str
     default: redis
   method:
@@ -53,6 +55,13 @@ options:
     description: Seconds to wait for BGSAVE.
     type: int
     default: 3600
+  idle_timeout:
+    description:
+      - With V(replication), seconds the snapshot stream may stay silent. Then the server is asked for a C(PING)
+        (within O(connect_timeout)): one that answers is still preparing its snapshot and the wait goes on; one that
+        does not (a frozen process, a dead network path) fails the task, and nothing partial is left behind.
+    type: int
+    default: 60
 seealso:
   - module: runbook.ops.redis_restore
 """

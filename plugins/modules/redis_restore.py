@@ -18,6 +18,10 @@ description:
   - In O(mode=file) the service is stopped, the old RDB and AOF are kept aside, the new RDB is put in place with AOF
     off for the load, the service is started, key counts are checked against the manifest, and AOF is turned back on
     (and the config file put back as it was). Any failure puts the old files back and starts the service again.
+  - Before the first write it refuses a target that is a read-only replica, a O(db_map) to a db the target does not
+    have, and data that would not fit under the target's C(maxmemory) (it would fail half way with OOM or evict
+    keys); the message gives the numbers. A failure after any write (the safety backup, the flush, some keys)
+    reports C(changed=true) and names the safety backup that holds the previous data.
 author:
   - runbook.ops maintainers (@runbook-ops)
 extends_documentation_fragment:
@@ -68,7 +72,10 @@ options:
     type: bool
     default: false
   flush_first:
-    description: Empty the target dbs being restored first (C(FLUSHDB), or C(SCAN) + C(UNLINK) where FLUSHDB is disabled or renamed).
+    description:
+      - Empty the target dbs being restored first (C(FLUSHDB), or C(SCAN) + C(UNLINK) where FLUSHDB is disabled or
+        renamed). With O(key_pattern), only the target's keys that match the pattern are removed; other keys stay.
+      - The flush happens only after every check passed and the safety backup was taken.
     type: bool
     default: false
   existing_keys:
@@ -78,18 +85,24 @@ options:
     type: str
     choices: [fail, replace, skip]
   replace:
-    description: Shorthand for O(existing_keys=replace).
+    description:
+      - Shorthand for O(existing_keys=replace). Deprecated; use O(existing_keys=replace). Cannot be combined with
+        O(existing_keys).
     type: bool
-    default: false
   key_pattern:
-    description: Restore only keys matching this glob (C(SCAN MATCH)); a pattern that matches nothing fails.
+    description:
+      - Restore only keys matching this glob (C(SCAN MATCH)); a pattern that matches nothing fails, an empty one is
+        refused. With O(flush_first), only matching keys of the target are removed first.
     type: str
   db_map:
-    description: "Restore db N of the backup into db M of the target (V({0: 3}) puts db 0 into db 3); other dbs keep their number."
+    description:
+      - "Restore db N of the backup into db M of the target (V({0: 3}) puts db 0 into db 3); other dbs keep their number."
+      - Both sides must be db numbers, and every target db must exist on the target; this is checked before anything
+        is written.
     type: dict
     default: {}
   batch_size:
-    description: Keys per MIGRATE or pipeline batch.
+    description: Keys per MIGRATE or pipeline batch (1-100000).
     type: int
     default: 1000
   transport:
@@ -101,6 +114,7 @@ options:
     description:
       - Private servers that load the backup in O(mode=live) and MIGRATE to the target in turn, so one serializes a batch
         while the target restores another's (MIGRATE blocks the server that runs it). Each needs the dataset's memory.
+      - 1 to 8.
     type: int
     default: 2
   load_timeout:

@@ -100,8 +100,14 @@ class PlaybookRun:
         assert matches, "task %r did not run; ran: %s\n%s" % (name, [r["task"] for r in self.results], self.stdout[-3000:])
         return matches[-1]
 
+    @property
+    def output(self):
+        """Everything ansible-playbook printed (warnings go to stderr)."""
+        return self.stdout + self.stderr
+
     def __repr__(self):
-        return "<PlaybookRun rc=%s>\n%s\n%s" % (self.rc, self.stdout[-4000:], self.stderr[-2000:])
+        failed = ["%s: %s" % (r["task"], r["result"].get("msg")) for r in self.results if r["status"] == "failed"]
+        return "<PlaybookRun rc=%s failed: %s>\n%s\n%s" % (self.rc, failed, self.stdout[-3000:], self.stderr[-2000:])
 
 
 class Ansible:
@@ -131,6 +137,11 @@ class Ansible:
     def play(self, tasks, check=False, diff=False, verbosity=0, extra_vars=None, playbook_path=None,
              inventory=None, extra_args=()):
         """Run a one-play playbook of ``tasks`` (YAML text) on localhost, or the playbook at ``playbook_path``."""
+        return self.start(tasks, check, diff, verbosity, extra_vars, playbook_path, inventory, extra_args)()
+
+    def start(self, tasks, check=False, diff=False, verbosity=0, extra_vars=None, playbook_path=None,
+              inventory=None, extra_args=()):
+        """Start ansible-playbook in the background; returns a function that waits for it and gives the PlaybookRun."""
         self.runs += 1
         if playbook_path is None:
             playbook_path = self.workdir / ("play%d.yml" % self.runs)
@@ -147,11 +158,21 @@ class Ansible:
         if extra_vars:
             argv += ["-e", json.dumps(extra_vars)]
         argv += list(extra_args)
-        proc = subprocess.run(argv, env=self.env(results_file), capture_output=True, text=True, cwd=self.workdir, timeout=600, check=False)
-        results = []
-        if results_file.exists():
-            results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
-        return PlaybookRun(proc, results)
+        proc = subprocess.Popen(argv, env=self.env(results_file), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=self.workdir)
+
+        def finish(timeout=600):
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            results = []
+            if results_file.exists():
+                results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+            return PlaybookRun(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), results)
+
+        return finish
 
 
 @pytest.fixture

@@ -90,3 +90,30 @@ def pg_tool(pg, name, *args, stdout=None):
     env = dict(os.environ, **pg.env)
     return subprocess.run([str(PG_BIN / name), "--no-password", *args], env=env, check=True, stdout=stdout,
                           stderr=subprocess.PIPE)
+
+
+def quoted(name):
+    return '"%s"' % name.replace('"', '""')
+
+
+def exact_databases(pg, names):
+    """Which of ``names`` exist (names compared exactly, whatever characters they hold)."""
+    rows = sql_args(pg, "postgres", "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(names),))
+    return sorted(r[0] for r in rows)
+
+
+def sql_args(pg, db, statement, args):
+    conn = psycopg2.connect(**pg.conninfo(db))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def databases_like(pg, prefix):
+    """Databases whose name starts with ``prefix`` (compared by bytes, no LIKE escaping needed)."""
+    return sorted(r[0] for r in sql_args(pg, "postgres", "SELECT datname FROM pg_database WHERE left(datname, %s) = %s",
+                                         (len(prefix), prefix)))

@@ -40,7 +40,7 @@ class StoreLock:
         os.close(self.fd)
         raise OpsError("another %s of this database is running (%r: lock %s held by %s); waited %ss. Let it finish, "
                        "or raise lock_timeout" % (self.what, self.subject, self.path, holder or "another process",
-                                                   self.timeout))
+                                                  self.timeout))
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)

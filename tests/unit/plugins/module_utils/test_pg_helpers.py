@@ -38,8 +38,19 @@ def test_database_names_beyond_postgresql_limits_are_refused(name, words):
         pg.validate_db_name(name)
 
 
-def test_clean_script_tables_are_read_with_their_quoting():
+def test_the_clean_phase_is_read_and_inherited_drops_are_left_out():
     from ansible_collections.runbook.ops.plugins.module_utils import _pg_archive as archive
 
-    script = b'DROP TABLE IF EXISTS public.events;\nDROP TABLE IF EXISTS "odd schema"."t ""x""";\nDROP INDEX IF EXISTS a;\n'
-    assert archive.clean_tables(script) == ["public.events", '"odd schema"."t ""x"""']
+    script = ("--\n-- PostgreSQL database dump\n--\n\\restrict abc\nSET statement_timeout = 0;\n"
+              "SELECT pg_catalog.set_config('search_path', '', false);\n\n"
+              "ALTER TABLE IF EXISTS ONLY public.events_2025 DROP CONSTRAINT IF EXISTS events_2025_pkey;\n"
+              "DROP INDEX IF EXISTS \"odd schema\".\"ix \"\"1\"\"\";\n"
+              "ALTER TABLE IF EXISTS ONLY public.events DROP CONSTRAINT IF EXISTS events_pkey;\n"
+              "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE oid = '16400';\n"
+              "DROP TABLE IF EXISTS public.events;\nSET default_tablespace = '';\n\n--\n-- Name: events\n"
+              "DROP TABLE IF EXISTS public.not_a_drop_of_the_clean_phase;\n").encode()
+    drops = archive.drop_statements(script)
+    assert len(drops) == 5 and drops[0].startswith("ALTER TABLE IF EXISTS ONLY public.events_2025")
+    kept, skipped = archive.without_inherited(drops, {("public.events_2025", "events_2025_pkey")},
+                                              {'"odd schema"."ix ""1"""'})
+    assert len(skipped) == 2 and len(kept) == 3 and kept[-1] == "DROP TABLE IF EXISTS public.events;"
