@@ -71,6 +71,21 @@ def redis_auth(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def servers(tmp_path):
+    """A factory of Redis servers private to one test, stopped afterwards."""
+    started = []
+
+    def make(name, **kwargs):
+        server = RedisServer(tmp_path / name, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3")).start()

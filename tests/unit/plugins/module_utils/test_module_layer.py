@@ -50,3 +50,75 @@ def test_db_map_entries_that_are_not_db_numbers_are_refused(db_map, words):
 
 def test_db_map_from_yaml_keys_of_either_type():
     assert _redis_restore.parse_db_map({0: 8, "1": "9"}) == {0: 8, 1: 9}
+
+
+class FakeModule:
+    """Stands in for AnsibleModule: records how run_module exits."""
+
+    def __init__(self, argument_spec, supports_check_mode, **rules):
+        self.rules = rules
+        self.warnings = []
+        self.exit = None
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    def fail_json(self, **result):
+        self.exit = ("failed", result)
+        raise SystemExit(1)
+
+    def exit_json(self, **result):
+        self.exit = ("ok", result)
+        raise SystemExit(0)
+
+
+def run_with(monkeypatch, work, spec_ex=None):
+    from ansible_collections.runbook.ops.plugins.module_utils import _module
+
+    made = []
+    monkeypatch.setattr(_module, "AnsibleModule", lambda **kwargs: made.append(FakeModule(**kwargs)) or made[-1])
+    with pytest.raises(SystemExit):
+        _module.run_module(spec_ex or {"argspec": {}}, work)
+    return made[0]
+
+
+def test_run_module_turns_an_unexpected_exception_into_a_message_with_its_traceback(monkeypatch):
+    def buggy(module):
+        return {}["missing"]
+
+    module = run_with(monkeypatch, buggy)
+    status, result = module.exit
+    assert status == "failed" and result["msg"].startswith("unexpected KeyError: 'missing'. This is a bug in runbook.ops")
+    assert "Traceback" in result["exception"] and "buggy" in result["exception"]
+
+
+def test_run_module_passes_ops_error_details_and_warnings_and_rules(monkeypatch):
+    from ansible_collections.runbook.ops.plugins.module_utils._errors import warn
+
+    def failing(module):
+        warn("something to know")
+        raise OpsError("what happened; what to do", changed=True, restore={"id": "x"})
+
+    module = run_with(monkeypatch, failing, {"argspec": {}, "mutually_exclusive": [("a", "b")]})
+    status, result = module.exit
+    assert status == "failed" and result == {"msg": "what happened; what to do", "changed": True, "restore": {"id": "x"}}
+    assert module.warnings == ["something to know"] and module.rules == {"mutually_exclusive": [("a", "b")]}
+
+
+def test_run_module_reports_sigterm_after_cleanups_ran(monkeypatch):
+    import os
+    import signal
+
+    cleaned = []
+
+    def interrupted(module):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return {"changed": False}
+        finally:
+            cleaned.append(True)
+
+    module = run_with(monkeypatch, interrupted)
+    status, result = module.exit
+    assert status == "failed" and result["msg"].startswith("stopped by SIGTERM") and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

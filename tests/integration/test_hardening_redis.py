@@ -1,0 +1,168 @@
+"""Issue 8, Redis and store side: each class of failure with a regression test against real servers.
+
+A3 checks before the first write, A4 key_pattern with flush_first, A5 memory, A6 replicas, A9 a source that
+freezes mid-stream, A11 endpoints that accept and never answer, A18 a missing password.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from hostile import SilentServer
+from pg_helpers import BACKUP as PG_BACKUP, backup_task
+from test_redis_backup_restore import BACKUP, RESTORE, connection, seed, task
+
+
+def store_files(store):
+    root = Path(store["dir"])
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts) if root.exists() else []
+
+
+def backup(ansible, server, store, **options):
+    run = ansible.play(task(BACKUP, "redis_backup", dict(connection(server), store=store, **options)))
+    assert run.rc == 0, run
+    return run.task(BACKUP)["result"]["backup"]
+
+
+def test_a3_a_db_map_to_a_missing_db_is_refused_before_the_flush(ansible, servers, tmp_path):
+    source = servers("src", password="pw")
+    seed(source)
+    made = backup(ansible, source, {"dir": str(tmp_path / "backups")})
+    target = servers("tgt", password="pw2")
+    target.client(db=1).set("live", "data")
+    store = {"dir": str(tmp_path / "store")}
+    for db_map in ({"0": 20}, {"3": 16}):
+        run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=made["path"], store=store,
+                                                               flush_first=True, db_map=db_map)))
+        assert run.rc != 0
+        result = run.task(RESTORE)["result"]
+        assert "the target has no db" in result["msg"] and "nothing was changed" in result["msg"]
+        assert result["changed"] is False
+    assert target.client(db=1).get("live") == b"data" and store_files(store) == []
+
+
+def test_a4_flush_first_with_key_pattern_removes_only_matching_keys(ansible, servers, tmp_path):
+    source = servers("src", password="pw")
+    seed(source)
+    made = backup(ansible, source, {"dir": str(tmp_path / "backups")})
+    target = servers("tgt", password="pw2")
+    conn = target.client()
+    conn.set("str:0:1", "old value")
+    conn.set("str:0:stale", "stale, matches the pattern")
+    conn.set("session:42", "must survive")
+    run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=made["path"], flush_first=True,
+                                                           key_pattern="str:*", safety_backup=False)))
+    assert run.rc == 0, run
+    restore = run.task(RESTORE)["result"]["restore"]
+    assert restore["flushed"]["0"] == 2 and restore["restored"] == 900
+    assert conn.get("session:42") == b"must survive" and conn.get("str:0:stale") is None
+    assert conn.get("str:0:1") == "value ✓ 1".encode() and conn.exists("hash:0") == 0
+
+
+def test_a5_a_target_without_enough_memory_is_refused_with_the_numbers(ansible, servers, tmp_path):
+    source = servers("src", password="pw")
+    conn = source.client()
+    pipe = conn.pipeline()
+    for i in range(4000):
+        pipe.set("big:%05d" % i, os.urandom(500).hex())
+    pipe.execute()
+    made = backup(ansible, source, {"dir": str(tmp_path / "backups")})
+    store = {"dir": str(tmp_path / "store")}
+    for policy, words in (("noeviction", "writes would fail half way (OOM)"), ("allkeys-lru", "would evict keys")):
+        target = servers("small-" + policy, password="pw2", extra_config={"maxmemory": "3mb", "maxmemory-policy": policy})
+        target.client().set("existing", "value")
+        for mode in ("live", "file"):
+            spec = dict(connection(target), src=made["path"], store=store, force=True, mode=mode)
+            if mode == "file":
+                spec.update(stop_command=["false"], start_command=["false"])
+            run = ansible.play(task(RESTORE, "redis_restore", spec))
+            assert run.rc != 0
+            msg = run.task(RESTORE)["result"]["msg"]
+            assert "the backup needs about" in msg and "maxmemory 3145728" in msg and words in msg, msg
+        assert target.client().dbsize() == 1
+    assert store_files(store) == []
+
+
+def test_a6_a_read_only_replica_is_refused_before_anything_is_written(ansible, servers, tmp_path):
+    source = servers("src", password="pw")
+    seed(source)
+    made = backup(ansible, source, {"dir": str(tmp_path / "backups")})
+    primary = servers("primary", password="pw2")
+    replica = servers("replica", password="pw2", extra_config={"replicaof": "127.0.0.1 %d" % primary.port,
+                                                               "masterauth": "pw2"})
+    store = {"dir": str(tmp_path / "store")}
+    for mode in ("live", "file"):
+        spec = dict(connection(replica), src=made["path"], store=store, force=True, mode=mode)
+        if mode == "file":
+            spec["service"] = "redis-server"
+        run = ansible.play(task(RESTORE, "redis_restore", spec))
+        assert run.rc != 0
+        msg = run.task(RESTORE)["result"]["msg"]
+        assert "is a read-only replica of 127.0.0.1:%d" % primary.port in msg and "restore must go to the master" in msg
+    assert store_files(store) == []
+
+
+def test_a9_a_source_that_freezes_mid_stream_fails_in_time_and_leaves_nothing(ansible, servers, tmp_path):
+    source = servers("frozen", password="pw", extra_config={"repl-diskless-sync-delay": "0"})
+    conn = source.client()
+    pipe = conn.pipeline()
+    for i in range(3000):
+        pipe.set("k:%d" % i, "v" * 200)
+    pipe.execute()
+    conn.config_set("rdb-key-save-delay", "2000")  # the snapshot trickles out for ~6 s
+    store = {"dir": str(tmp_path / "store")}
+    finish = ansible.start(task(BACKUP, "redis_backup", dict(connection(source), store=store, method="replication",
+                                                            idle_timeout=2, connect_timeout=1)))
+    time.sleep(2)
+    os.kill(source.proc.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        run = finish(timeout=120)
+        waited = time.monotonic() - stopped
+    finally:
+        os.kill(source.proc.pid, signal.SIGCONT)
+    assert run.rc != 0
+    msg = run.task(BACKUP)["result"]["msg"]
+    assert "sent nothing for 2s: the server stopped answering" in msg and "no backup was kept" in msg
+    assert waited < 30, "the frozen source held the backup for %.0f s" % waited
+    assert not [p for p in Path(store["dir"]).rglob("*") if p.is_file() and ".locks" not in p.parts]
+
+
+def test_a11_endpoints_that_accept_and_never_answer_fail_within_their_timeouts(ansible, pg, database, tmp_path):
+    silent = SilentServer()
+    try:
+        for module, spec in (("redis_backup", {"store": {"dir": str(tmp_path / "r")}}),
+                             ("redis_restore", {"src": str(tmp_path / "none.rdb")})):
+            started = time.monotonic()
+            run = ansible.play(task("Try", module, dict(spec, login_host="127.0.0.1", login_port=silent.port,
+                                                        connect_timeout=1)))
+            took = time.monotonic() - started
+            assert run.rc != 0
+            assert "no answer within 1" in run.task("Try")["result"]["msg"]
+            assert took < 25, "%s took %.0f s against a silent Redis" % (module, took)
+        store = {"dir": str(tmp_path / "store"), "s3": {"bucket": "b", "endpoint_url": "http://127.0.0.1:%d" % silent.port,
+                                                        "access_key": "silent-access-key", "secret_key": "silent-secret-key", "region": "us-east-1",
+                                                        "read_timeout": 1, "connect_timeout": 1, "max_attempts": 1}}
+        started = time.monotonic()
+        run = ansible.play(backup_task(pg, database, store))
+        took = time.monotonic() - started
+        assert run.rc != 0
+        msg = run.task(PG_BACKUP)["result"]["msg"]
+        assert "failed: Read timeout on endpoint URL" in msg and "The local copy is kept" in msg, msg
+        assert took < 30, "pg_backup took %.0f s against a silent S3 endpoint" % took
+        assert [p for p in Path(store["dir"]).rglob("*.dump.zst")], "the local copy is kept for a later upload"
+    finally:
+        silent.stop()
+
+
+def test_a18_a_missing_password_is_named_as_such(ansible, servers, tmp_path):
+    server = servers("locked", password="pw")
+    for module, spec in (("redis_backup", {"store": {"dir": str(tmp_path / "s")}}),
+                         ("redis_restore", {"src": str(tmp_path / "x.rdb")})):
+        run = ansible.play(task("Try", module, dict(spec, login_host=server.host, login_port=server.port)))
+        assert run.rc != 0
+        msg = run.task("Try")["result"]["msg"]
+        assert "the server needs a password: give login_password" in msg and "HELLO" not in msg
