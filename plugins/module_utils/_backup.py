@@ -93,6 +93,7 @@ def upload_artifact(s3, manifest, keep_local=True):
 
 def result_view(manifest, extra_keys=()):
     view = {k: manifest.get(k) for k in RESULT_KEYS + tuple(extra_keys)}
+    view["kind"] = manifest.get("kind")
     view["manifest"] = manifest.get("manifest_path") if manifest.get("path") else manifest.get("s3_manifest_key")
     duration = manifest.get("duration") or 0
     view["throughput_mb_s"] = round((manifest.get("raw_size") or 0) / 1e6 / duration, 1) if duration else None
@@ -190,7 +191,7 @@ class BackupJob:
         name = self.data_name(mf.backup_id(self.subject, now))
         relative = "%s/%s" % (mf.relative_dir(self.kind, now), name)
         planned = os.path.join(self.store["dir"], relative) if self.store.get("dir") else _s3.uri(self.store["s3"], relative)
-        planned_view = dict({k: None for k in RESULT_KEYS}, path=planned if self.store.get("dir") else None,
+        planned_view = dict({k: None for k in RESULT_KEYS}, kind=self.kind, path=planned if self.store.get("dir") else None,
                             s3_uri=_s3.uri(self.store["s3"], relative) if self.store.get("s3") else None)
         planned_view.update({k: self.source.get(k) for k in self.result_keys if k in self.source})
         return dict(changed=True, backup=planned_view, pruned=pruned, pruned_s3=pruned_s3, uploaded_pending=[],

@@ -173,19 +173,25 @@ def _read_tar(stream, prepared, materialize, scratch_root, pg_restore, env):
         prepared.toc_entries = len(names) - 1
 
 
-def drop_statements(script):
+def drop_statements(chunks):
     """The statements of the clean phase of a ``pg_restore --clean --if-exists`` script, one per line.
 
-    pg_restore prints them after its header and before the first object's comment or ``SET``.
+    pg_restore prints them after its header and before the first object's comment or ``SET``; reading stops
+    there, so the (large) rest of the script is never read.
     """
     drops = []
-    for line in script.decode("utf-8").splitlines():
-        if not drops and not line.startswith(DROP_START):
-            continue
-        if line.startswith(("--", "SET ")):
-            break
-        if line:
-            drops.append(line)
+    pending = b""
+    for data in chunks:
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8")
+            if not drops and not line.startswith(DROP_START):
+                continue
+            if line.startswith(("--", "SET ")):
+                return drops
+            if line:
+                drops.append(line)
     return drops
 
 

@@ -20,6 +20,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _pg_backup
 from ansible_collections.runbook.ops.plugins.module_utils import _pg_ddl as ddl
 from ansible_collections.runbook.ops.plugins.module_utils import _postgres as pg
 from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
+from ansible_collections.runbook.ops.plugins.module_utils import _report
 from ansible_collections.runbook.ops.plugins.module_utils import _sources
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import codec, lock, manifest as mf, store as st
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
@@ -77,14 +78,8 @@ def validate(params):
     st.validate(params["store"])
 
 
-class Report:
+class Report(_report.Report):
     """The one result builder of a PostgreSQL restore or validation."""
-
-    def __init__(self):
-        self.data = {}
-
-    def update(self, **fields):
-        self.data.update(fields)
 
     def source(self, source):
         self.update(src=source.location, id=source.id, path=source.path, checksum=source.checksum_origin,
@@ -101,12 +96,6 @@ class Report:
         if self.data.get("plain_size") and load_duration:
             self.update(throughput_mb_s=round(self.data["plain_size"] / 1e6 / load_duration, 1))
 
-    def result(self, changed, diff=None):
-        result = dict(changed=changed, restore=self.data)
-        if diff:
-            result["diff"] = diff
-        return result
-
 
 class PgRestore:
     def __init__(self, module, params):
@@ -117,7 +106,7 @@ class PgRestore:
         self.secrets = codec.Secrets(params["encryption"], params["openssl_iterations"])
         self.stamp = mf.utc_now().strftime("%Y%m%d_%H%M%S")
         self.version_num = None
-        self.report = Report()
+        self.report = Report(KIND)
         self.wrote = False
 
     # --- entry point ------------------------------------------------------------------------------
@@ -298,8 +287,12 @@ class PgRestore:
         Drops of what partitions inherit are left out: PostgreSQL refuses them and drops them with the parent's.
         """
         location = prepared.location
-        drops = archive.drop_statements(proc.run_tool(argv + ["--clean", "--if-exists", "--schema-only", "--file", "-",
-                                                              location], env, "pg_restore --clean --schema-only"))
+        clean_script = proc.command_output(argv + ["--clean", "--if-exists", "--file", "-", location], env,
+                                           "pg_restore --clean")
+        try:
+            drops = archive.drop_statements(clean_script)
+        finally:
+            clean_script.close()  # stops pg_restore: only the clean phase at the top was needed
         conn = pg.connect(self.params, database)
         try:
             constraints, indexes = ddl.inherited_objects(conn)

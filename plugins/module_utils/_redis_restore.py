@@ -18,6 +18,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _backup
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 from ansible_collections.runbook.ops.plugins.module_utils import _redis_backup
 from ansible_collections.runbook.ops.plugins.module_utils import _redis_live as live
+from ansible_collections.runbook.ops.plugins.module_utils import _report
 from ansible_collections.runbook.ops.plugins.module_utils import _sources
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, manifest as mf, store as st
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
@@ -93,23 +94,11 @@ def validate(params):
     st.validate(params["store"])
 
 
-class Report:
+class Report(_report.Report):
     """The one result builder of a Redis restore or validation."""
-
-    def __init__(self):
-        self.data = {}
-
-    def update(self, **fields):
-        self.data.update(fields)
 
     def keys(self, name, counts):
         self.data[name] = {str(db): count for db, count in sorted(counts.items())}
-
-    def result(self, changed, diff=None):
-        result = dict(changed=changed, restore=self.data)
-        if diff:
-            result["diff"] = diff
-        return result
 
 
 class RedisRestore:
@@ -120,7 +109,7 @@ class RedisRestore:
         self.secrets = codec.Secrets(params["encryption"])
         self.policy = "replace" if params["replace"] else (params["existing_keys"] or "fail")
         self.stamp = mf.utc_now().strftime("%Y%m%d_%H%M%S")
-        self.report = Report()
+        self.report = Report(KIND)
         self.wrote = False
 
     def run(self):

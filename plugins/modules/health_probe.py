@@ -36,7 +36,7 @@ options:
       name:
         description:
           - Name shown in results and messages. Must be unique.
-          - Defaults to the url, C(host:port) or C(type://host:port).
+          - Defaults to the url (its password masked), C(host:port) or C(type://host:port).
         type: str
       type:
         description:
@@ -44,7 +44,10 @@ options:
         type: str
         required: true
       timeout:
-        description: Seconds to wait for one probe of this target.
+        description:
+          - Seconds one probe of this target may take in all (more than 0, at most 3600), whatever the peer does -
+            connecting, a server that sends one byte a second, redirects, the TLS expiry check. A probe still
+            running then is reported as timed out and abandoned.
         type: float
         default: 5.0
       max_latency_ms:
@@ -57,7 +60,12 @@ options:
         type: bool
         default: true
       url:
-        description: (http) Absolute http:// or https:// URL.
+        description:
+          - (http) Absolute http:// or https:// URL. IPv6 addresses go in brackets (C(http://[::1]:8000/health)).
+          - C(user:password@) in it is sent as basic auth (unless O(targets[].headers) has an C(Authorization)) and is
+            masked in names, messages and results.
+          - Redirects of GET and HEAD are followed (at most 5) to http and https only; credential headers are
+            dropped when a redirect leads to another origin (scheme, host or port).
         type: str
       method:
         description: (http) HTTP method.
@@ -114,7 +122,7 @@ options:
         type: str
       db:
         description: (postgres, redis) Database name for postgres (default C(postgres)), number for redis (default C(0)).
-        type: str
+        type: raw
       ssl_mode:
         description: (postgres) libpq sslmode.
         type: str
@@ -150,7 +158,9 @@ options:
     type: bool
     default: false
   deadline:
-    description: Seconds O(wait_until_healthy) may take in all.
+    description:
+      - Seconds O(wait_until_healthy) may take in all. Probes of the last round get only the time left, so the task
+        ends by the deadline.
     type: float
     default: 60.0
   fail_on_unhealthy:

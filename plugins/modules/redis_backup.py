@@ -58,7 +58,7 @@ options:
   idle_timeout:
     description:
       - With V(replication), seconds the snapshot stream may stay silent. Then the server is asked for a C(PING)
-        (within O(connect_timeout)): one that answers is still preparing its snapshot and the wait goes on; one that
+        (within O(connect_timeout)); one that answers is still preparing its snapshot and the wait goes on, one that
         does not (a frozen process, a dead network path) fails the task, and nothing partial is left behind.
     type: int
     default: 60

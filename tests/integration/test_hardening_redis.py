@@ -114,8 +114,8 @@ def test_a9_a_source_that_freezes_mid_stream_fails_in_time_and_leaves_nothing(an
     pipe.execute()
     conn.config_set("rdb-key-save-delay", "2000")  # the snapshot trickles out for ~6 s
     store = {"dir": str(tmp_path / "store")}
-    finish = ansible.start(task(BACKUP, "redis_backup", dict(connection(source), store=store, method="replication",
-                                                            idle_timeout=2, connect_timeout=1)))
+    spec = dict(connection(source), store=store, method="replication", idle_timeout=2, connect_timeout=1)
+    finish = ansible.start(task(BACKUP, "redis_backup", spec))
     time.sleep(2)
     os.kill(source.proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()
@@ -153,7 +153,7 @@ def test_a11_endpoints_that_accept_and_never_answer_fail_within_their_timeouts(a
         msg = run.task(PG_BACKUP)["result"]["msg"]
         assert "failed: Read timeout on endpoint URL" in msg and "The local copy is kept" in msg, msg
         assert took < 30, "pg_backup took %.0f s against a silent S3 endpoint" % took
-        assert [p for p in Path(store["dir"]).rglob("*.dump.zst")], "the local copy is kept for a later upload"
+        assert list(Path(store["dir"]).rglob("*.dump.zst")), "the local copy is kept for a later upload"
     finally:
         silent.stop()
 
