@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hostile import SilentServer
 from pg_helpers import BACKUP as PG_BACKUP, backup_task
+from proc_helpers import wait_for_process
 from test_redis_backup_restore import BACKUP, RESTORE, connection, seed, task
 
 
@@ -116,7 +117,8 @@ def test_a9_a_source_that_freezes_mid_stream_fails_in_time_and_leaves_nothing(an
     store = {"dir": str(tmp_path / "store")}
     spec = dict(connection(source), store=store, method="replication", idle_timeout=2, connect_timeout=1)
     finish = ansible.start(task(BACKUP, "redis_backup", spec))
-    time.sleep(2)
+    wait_for_process(lambda argv: argv[0].endswith(b"redis-cli") and b"--rdb" in argv)
+    time.sleep(1)  # the snapshot is streaming
     os.kill(source.proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
