@@ -10,7 +10,11 @@ COLLECTIONS := $(CURDIR)/collections
 INSTALLED  := $(COLLECTIONS)/ansible_collections/runbook/ops
 DEMO_DIR   ?= $(CURDIR)/.demo
 SANITY_ROOT ?= /tmp/runbook-ops-sanity
-APT_PACKAGES := postgresql postgresql-contrib redis-server docker.io busybox-static zstd pigz rsync python3-venv
+APT_PACKAGES := postgresql postgresql-contrib redis-server docker.io busybox-static zstd pigz rsync python3-venv \
+                debootstrap apt-cacher-ng openssh-client
+# Collections the roles use, taken from the PyPI package `ansible` (Galaxy is not reachable from these machines).
+COMMUNITY  := community/postgresql community/docker community/library_inventory_filtering_v1
+ANSIBLE_PKG ?= ansible>=12,<13
 PYTEST_WORKERS ?= 2
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_NOCOLOR := 1
@@ -44,11 +48,21 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
-install: deps
+install: deps $(COLLECTIONS)/.community.stamp
 	@rm -rf $(CURDIR)/.deps/build && mkdir -p $(CURDIR)/.deps/build
 	$(BIN)/ansible-galaxy collection build --force --output-path $(CURDIR)/.deps/build . >/dev/null
-	$(BIN)/ansible-galaxy collection install --force -p $(COLLECTIONS) $(CURDIR)/.deps/build/runbook-ops-*.tar.gz >/dev/null
+	$(BIN)/ansible-galaxy collection install --no-deps --force -p $(COLLECTIONS) $(CURDIR)/.deps/build/runbook-ops-*.tar.gz >/dev/null
 	@echo "Installed runbook.ops into $(COLLECTIONS)"
+
+$(COLLECTIONS)/.community.stamp: Makefile
+	@mkdir -p $(CURDIR)/.deps/wheels $(COLLECTIONS)/ansible_collections
+	@ls $(CURDIR)/.deps/wheels/ansible-*.whl >/dev/null 2>&1 || $(PIP) download --quiet --no-deps -d $(CURDIR)/.deps/wheels "$(ANSIBLE_PKG)"
+	@for c in $(COMMUNITY); do rm -rf $(COLLECTIONS)/ansible_collections/$$c; done
+	@cd $(COLLECTIONS) && $(CURDIR)/$(PY) -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  z.extractall('.', [n for n in z.namelist() if n.startswith(tuple('ansible_collections/%s/' % c for c in sys.argv[2:]))])" \
+	  $$(ls $(CURDIR)/.deps/wheels/ansible-*.whl | head -1) $(COMMUNITY)
+	@touch $@
+	@echo "Installed $(COMMUNITY) from $(ANSIBLE_PKG) into $(COLLECTIONS)"
 
 demo: install
 	$(PY) tests/harness/servers.py up --state-dir $(DEMO_DIR)

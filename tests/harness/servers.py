@@ -249,14 +249,20 @@ class S3Server:
 
 
 class DockerEngine:
-    """A private dockerd (its own socket, data root, exec root, pidfile) with Compose v2 as a CLI plugin."""
+    """A private dockerd (its own socket, data root, exec root, pidfile, cgroup parent) with Compose v2 as a CLI plugin.
 
-    def __init__(self, base_dir):
+    overlay2 storage, no default bridge, and no change to the host's iptables or IP forwarding. ``stop()`` removes
+    every container, stops dockerd by its PID, and unmounts and removes what it left behind.
+    """
+
+    def __init__(self, base_dir, data_root=None):
         # exec-root and the socket path must stay short (unix socket paths are limited to 108 bytes)
         self.base_dir = Path(base_dir)
+        self.data_root = Path(data_root) if data_root else self.base_dir / "data"
         self.socket = self.base_dir / "docker.sock"
         self.config_dir = self.base_dir / "config"
         self.log = self.base_dir / "dockerd.log"
+        self.cgroup_parent = "/runbook-%s" % self.base_dir.name
         self.proc = None
 
     @property
@@ -278,12 +284,12 @@ class DockerEngine:
         link = plugins / "docker-compose"
         if not link.exists():
             link.symlink_to(compose)
-        argv = [dockerd, "--host", self.host, "--data-root", str(self.base_dir / "data"),
-                "--exec-root", str(self.base_dir / "exec"), "--pidfile", str(self.base_dir / "docker.pid"),
-                "--iptables=false", "--ip6tables=false", "--ip-forward=false",
-                "--storage-driver", "vfs"]
+        argv = [dockerd, "--host", self.host, "--data-root", str(self.data_root),
+                "--exec-root", str(self.base_dir / "x"), "--pidfile", str(self.base_dir / "docker.pid"),
+                "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--bridge", "none",
+                "--storage-driver", "overlay2", "--cgroup-parent", self.cgroup_parent]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -316,13 +322,42 @@ class DockerEngine:
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
-            self.docker("rm", "-f", *self.docker("ps", "-aq", check=False).stdout.split(), check=False)
+            containers = self.docker("ps", "-aq", check=False).stdout.split()
+            if containers:
+                self.docker("rm", "-f", "-v", *containers, check=False)
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        release_mounts(self.base_dir, self.data_root)
+        remove_cgroups(self.cgroup_parent)
+
+
+def release_mounts(*roots):
+    """Unmount (lazily, deepest first) whatever is still mounted below ``roots``: overlays, netns, shm."""
+    prefixes = tuple(str(Path(root).resolve()) + "/" for root in roots)
+    with open("/proc/self/mounts") as handle:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in handle]
+    for point in sorted((p for p in points if (p + "/").startswith(prefixes)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def remove_cgroups(parent):
+    """Remove the (empty) cgroup directories dockerd made under ``parent`` in every hierarchy."""
+    for hierarchy in Path("/sys/fs/cgroup").glob("*"):
+        top = hierarchy / parent.strip("/")
+        if top.is_dir():
+            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(str(p)), reverse=True):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass
+            try:
+                top.rmdir()
+            except OSError:
+                pass
 
 
 def compose_binary():
