@@ -16,15 +16,17 @@ import hashlib
 import os
 import socket
 import time
+from datetime import timedelta
 
 from ansible_collections.runbook.ops.plugins.module_utils import _s3
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, lock
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import manifest as mf, retention as rt, store as st
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, warn
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 from ansible_collections.runbook.ops.plugins.module_utils._sources import SAFETY_PURPOSE
 
 RESULT_KEYS = ("id", "path", "s3_uri", "size", "raw_size", "sha256", "duration", "verified")
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 def backup_argspec_ex():
@@ -76,7 +78,7 @@ def safety_backup(job_class, module, params, subject, restoring, **overrides):
 
 def upload_artifact(s3, manifest, keep_local=True):
     """Copy an artifact's files to S3, the manifest last; records s3_uri in the manifest."""
-    directory = os.path.dirname(manifest["path"])
+    directory = os.path.dirname(manifest["manifest_path"])
     relative = manifest["relative_dir"]
     files = []
     for name in [manifest["file"]] + list(manifest.get("extra_files") or []):
@@ -176,7 +178,12 @@ class BackupJob:
         window = mf.parse_age(self.params["skip_if_newer_than"])
         now = mf.utc_now()
         for manifest in existing:
-            if manifest.get("verified") and now - mf.parse_time(manifest["finished"]) < window:
+            age = now - mf.parse_time(manifest["finished"])
+            if age < -CLOCK_SKEW:
+                warn("backup %s says it finished at %s, in the future: a clock is wrong or the manifest was edited; "
+                     "it does not count for skip_if_newer_than" % (manifest["id"], manifest["finished"]))
+                continue
+            if manifest.get("verified") and age < window:
                 return manifest
         return None
 
@@ -218,10 +225,10 @@ class BackupJob:
 
     def write_artifact(self, root):
         started = mf.utc_now()
-        artifact_id = mf.backup_id(self.subject, started)
         relative = mf.relative_dir(self.kind, started)
         directory = os.path.join(root, relative)
         atomic.make_dirs(directory)
+        artifact_id = mf.artifact_id_for(directory, self.subject, started)
         path = os.path.join(directory, self.data_name(artifact_id))
         written = []
         try:

@@ -27,8 +27,12 @@ class OpsError(Exception):
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived: a BaseException, so cleanups in ``finally`` and ``except BaseException`` run and nothing
-    written as ``except Exception`` swallows it."""
+    """SIGTERM or SIGINT arrived: a BaseException, so cleanups in ``finally`` and ``except BaseException`` run and
+    nothing written as ``except Exception`` swallows it. ``details`` say what was already written (a safety backup)."""
+
+    def __init__(self, **details):
+        super().__init__()
+        self.details = details
 
 
 def first_line(exc):

@@ -48,7 +48,7 @@ def run_module(spec_ex, work):
     """
     rules = dict(spec_ex)
     module = AnsibleModule(argument_spec=rules.pop("argspec"), supports_check_mode=True, **rules)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         result = work(module)
     except OpsError as exc:
@@ -58,17 +58,19 @@ def run_module(spec_ex, work):
             details["exception"] = "".join(traceback.format_exception(type(exc.exception), exc.exception,
                                                                       exc.exception.__traceback__))
         module.fail_json(msg=exc.message, **details)
-    except Terminated:
+    except Terminated as exc:
         _warn(module)
-        module.fail_json(msg="stopped by SIGTERM; what this task had started was cleaned up (scratch databases, "
-                             "servers and partial files removed); run it again to finish the job")
+        module.fail_json(msg="stopped by a signal (SIGTERM or SIGINT); what this task had started was cleaned up "
+                             "(scratch databases, servers and partial files removed); run it again to finish the job",
+                         **exc.details)
     except Exception as exc:  # the catch-all boundary: a bug must still say what happened
         _warn(module)
         module.fail_json(msg="unexpected %s: %s. This is a bug in runbook.ops: please report it with the traceback in "
                              "'exception' (-vvv shows it)" % (exc.__class__.__name__, exc),
                          exception=traceback.format_exc())
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _warn(module)
     module.exit_json(**result)
 

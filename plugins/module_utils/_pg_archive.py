@@ -64,18 +64,70 @@ def check_sql_end(chunks, what):
         raise OpsError("verification failed: the SQL dump in %s does not end with pg_dump's completion line" % what)
 
 
-def check_plain(chunks):
-    """A plain SQL dump that restores into one database: complete, and not made with --create or by pg_dumpall."""
-    tail = b""
+COPY_START = re.compile(rb"^COPY .+ FROM stdin;\s*$")
+RESTRICT = re.compile(rb"^\\(un)?restrict [A-Za-z0-9]+\s*$")
+
+
+def sql_lines(chunks):
+    """(line, in_copy_data) for every line of SQL text; COPY ... FROM stdin data rows are flagged, and ``\\.`` ends them."""
+    pending = b""
+    in_copy = False
     for data in chunks:
-        window = tail + data
-        for marker in (b"\n\\connect ", b"\nCREATE DATABASE "):
-            if marker in window:
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if in_copy:
+                if line == b"\\.":
+                    in_copy = False
+                    yield line, False
+                    continue
+                yield line, True
+                continue
+            yield line, False
+            if COPY_START.match(line):
+                in_copy = True
+    if pending:
+        yield pending, in_copy
+
+
+def check_plain(chunks):
+    """A plain SQL dump that restores into one database: complete, not made with --create or by pg_dumpall, and with no
+    psql meta-command pg_dump does not write itself (``\\! rm -rf /`` in a backup would run on this host)."""
+    tail = b""
+    number = 0
+    for line, in_copy in sql_lines(chunks):
+        number += 1
+        if not in_copy:
+            stripped = line.lstrip()
+            if stripped.startswith(b"\\connect ") or line.startswith(b"CREATE DATABASE "):
                 raise OpsError("the SQL dump creates or connects to databases itself (made with pg_dump --create "
                                "or pg_dumpall); restore it with psql by hand or dump without --create")
-        tail = window[-4096:]
+            if stripped.startswith(b"\\") and not RESTRICT.match(stripped) and stripped != b"\\.":
+                raise OpsError("the SQL dump holds the psql meta-command %r on line %d, which pg_dump never writes: it "
+                               "would run on this host, not in the database; refusing to restore it"
+                               % (stripped[:40].decode("utf-8", errors="replace"), number))
+        tail = (tail + line + b"\n")[-4096:]
     if b"dump complete" not in tail:
         raise OpsError("the SQL dump does not end with pg_dump's completion line: it is truncated; refusing to restore it")
+
+
+def restricted(chunks, key):
+    """The SQL text with psql's ``\\restrict`` (no meta-command runs after it) first and the file's own
+    ``\\restrict``/``\\unrestrict`` lines left out, so nothing in the file can leave restricted mode."""
+    yield b"\\restrict %s\n" % key.encode()
+    for line, in_copy in sql_lines(chunks):
+        if not in_copy and RESTRICT.match(line):
+            continue
+        yield line + b"\n"
+
+
+def psql_restricts(version_text):
+    """Whether this psql knows \\restrict (13.22, 14.19, 15.14, 16.10, 17.6 and later)."""
+    match = re.search(r"(\d+)\.(\d+)", version_text or "")
+    if not match:
+        return False
+    major, minor = int(match.group(1)), int(match.group(2))
+    return major >= 18 or minor >= {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}.get(major, 10 ** 6)
 
 
 def check_space(directory, needed):

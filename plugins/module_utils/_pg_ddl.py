@@ -20,6 +20,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsErro
 
 MAX_NAME_BYTES = 63
 SCRATCH_MARK = "runbook.ops scratch: "
+CLEANUP_TIMEOUT = 60  # seconds a clean-up statement may wait (a DROP ... WITH (FORCE) waits for every backend)
 USER_TABLES = ("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2")
 
@@ -65,19 +66,31 @@ def database_names(conn):
 def database_facts(conn, params, name):
     """exists, encoding, collation, owner, size and user tables of a database (tables read by connecting to it)."""
     rows = execute(conn, "SELECT pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), "
-                         "pg_database_size(oid), shobj_description(oid, 'pg_database') FROM pg_database "
-                         "WHERE datname = %s", "cannot read database %s" % name, (name,))
+                         "pg_database_size(oid), shobj_description(oid, 'pg_database'), datistemplate, datallowconn "
+                         "FROM pg_database WHERE datname = %s", "cannot read database %s" % name, (name,))
     if not rows:
-        return {"exists": False, "tables": 0, "size": 0, "owner": None, "comment": None}
+        return {"exists": False, "tables": 0, "size": 0, "owner": None, "comment": None, "template": False}
     row = rows[0]
     facts = {"exists": True, "encoding": row[0], "collate": row[1], "ctype": row[2], "owner": row[3], "size": row[4],
-             "comment": row[5]}
+             "comment": row[5], "template": row[6] or name in ("template0", "template1"), "allow_connections": row[7]}
+    if facts["template"]:
+        facts["tables"] = None  # never connected to: it is refused as a target anyway
+        return facts
+    if not row[7]:
+        raise OpsError("database %r does not accept connections (ALLOW_CONNECTIONS false): if a restore was killed "
+                       "during its swap, run ALTER DATABASE ... ALLOW_CONNECTIONS true, then try again" % name)
     db = pg.connect(params, name)
     try:
         facts["tables"] = len(execute(db, USER_TABLES, "cannot list the tables of %s" % name))
     finally:
         db.close()
     return facts
+
+
+def mark_scratch(conn, name, target, **more):
+    marker = dict(atomic.owner_marker(), target=target, **more)
+    execute(conn, "COMMENT ON DATABASE %s IS %s" % (quote_ident(name), quote_literal(SCRATCH_MARK + json.dumps(marker))),
+            "cannot mark scratch database %s" % name)
 
 
 def create_database(conn, name, like=None, owner=None, scratch_for=None):
@@ -92,9 +105,7 @@ def create_database(conn, name, like=None, owner=None, scratch_for=None):
             quote_literal(like[k]) for k in ("encoding", "collate", "ctype"))
     execute(conn, sql, "cannot create database %s" % name)
     if scratch_for is not None:
-        marker = dict(atomic.owner_marker(), target=scratch_for)
-        execute(conn, "COMMENT ON DATABASE %s IS %s" % (quote_ident(name), quote_literal(SCRATCH_MARK + json.dumps(marker))),
-                "cannot mark scratch database %s" % name)
+        mark_scratch(conn, name, scratch_for)
 
 
 def drop_database(conn, name):
@@ -106,11 +117,13 @@ def drop_quietly(params, maintenance_db, name):
     try:
         conn = pg.connect(params, maintenance_db)
         try:
+            execute(conn, "SET statement_timeout = '%ds'" % CLEANUP_TIMEOUT, "cannot bound the clean-up")
             drop_database(conn, name)
         finally:
             conn.close()
     except OpsError as exc:
-        warn("could not drop the scratch database %s (%s): drop it by hand" % (name, exc.message))
+        warn("could not drop the scratch database %s (%s): a later restore of the same database drops it, or drop it "
+             "by hand" % (name, exc.message))
         return False
     return True
 
@@ -129,6 +142,12 @@ def drop_stale_scratch(conn, target):
         if marker.get("target") == target and atomic.owner_is_dead(marker):
             drop_database(conn, name)
             dropped.append(name)
+            if marker.get("closed_target") and execute(conn, "SELECT 1 FROM pg_database WHERE datname = %s AND NOT "
+                                                             "datallowconn", "cannot read %s" % target, (target,)):
+                execute(conn, "ALTER DATABASE %s ALLOW_CONNECTIONS true" % quote_ident(target),
+                        "cannot allow connections to %s again" % target)
+                warn("database %s refused connections since a restore was killed during its swap: connections are "
+                     "allowed again" % target)
     if dropped:
         warn("dropped scratch database(s) %s left by an earlier restore of %s that was killed" % (", ".join(dropped), target))
     return dropped
@@ -183,6 +202,7 @@ def swap(params, maintenance_db, target, scratch, previous, terminate_timeout, c
         found = blockers(conn, target)
         if found:
             raise OpsError("database %r cannot be renamed while it is held by %s" % (target, "; ".join(found)))
+        mark_scratch(conn, scratch, target, closed_target=True)  # a later run can give the target back if we die now
         execute(conn, "ALTER DATABASE %s ALLOW_CONNECTIONS false" % quote_ident(target),
                 "cannot stop new connections to %s" % target)
         closed = True
@@ -208,8 +228,7 @@ def swap(params, maintenance_db, target, scratch, previous, terminate_timeout, c
                     raise OpsError("database %r cannot be renamed while it is held by %s" % (target, "; ".join(found)),
                                    exception=exc)
                 if time.monotonic() > deadline:
-                    raise OpsError("client sessions kept reconnecting to %s for %ss (%s): stop the applications that "
-                                   "reconnect, or raise terminate_timeout" % (target, terminate_timeout, first_line(exc)),
+                    raise OpsError("%s for %ss (%s)" % (_sessions_left(conn, target), terminate_timeout, first_line(exc)),
                                    exception=exc)
                 time.sleep(0.2)
             except psycopg2.Error as exc:
@@ -229,6 +248,18 @@ def swap(params, maintenance_db, target, scratch, previous, terminate_timeout, c
     finally:
         conn.close()
     return terminated
+
+
+def _sessions_left(conn, target):
+    """Why the target is still in use: sessions that survive pg_terminate_backend, or ones that keep coming."""
+    rows = execute(conn, "SELECT pid, usename, application_name, state, backend_start FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY backend_start",
+                   "cannot read the sessions of %s" % target, (target,))
+    stuck = ["pid %d (user %s, application %r, %s)" % (pid, user, app, state) for pid, user, app, state, _s in rows]
+    if stuck:
+        return ("sessions of %s do not end after pg_terminate_backend: %s; they may be stopped or stuck on the server: "
+                "end them there, then try again" % (target, ", ".join(stuck[:5])))
+    return "client sessions kept reconnecting to %s: stop the applications that reconnect, or raise terminate_timeout" % target
 
 
 def _allow_connections_again(params, maintenance_db, name):

@@ -12,6 +12,7 @@ transaction that is rolled back on any error.
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
@@ -23,7 +24,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _process as pro
 from ansible_collections.runbook.ops.plugins.module_utils import _report
 from ansible_collections.runbook.ops.plugins.module_utils import _sources
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import codec, lock, manifest as mf, store as st
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, Terminated, first_line, warn
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 
 KIND = _pg_backup.KIND
@@ -131,6 +132,8 @@ class PgRestore:
                         result = self.restore(source, maintenance, scratch_root)
                 except OpsError as exc:
                     raise exc.extend("", changed=self.wrote, restore=self.report.data) if self.wrote else exc
+                except Terminated:
+                    raise Terminated(changed=self.wrote, restore=self.report.data)
         finally:
             maintenance.close()
         result["restore"]["duration"] = round(time.monotonic() - clock, 3)
@@ -167,7 +170,13 @@ class PgRestore:
 
     def restore(self, source, maintenance, scratch_root):
         params = self.params
+        if self.db == params["maintenance_db"]:
+            raise OpsError("db %r is the maintenance database the restore connects to: restore into another database, or "
+                           "give another maintenance_db" % self.db)
         target = ddl.database_facts(maintenance, params, self.db)
+        if target["template"]:
+            raise OpsError("%r is a template database (new databases are copied from it): refusing to replace it; "
+                           "restore into an ordinary database" % self.db)
         taken = ddl.database_names(maintenance)
         previous = ddl.derived_name(self.db, "pre_restore", self.stamp, taken)
         self.report.update(database=self.db, mode=params["mode"], target_existed=target["exists"])
@@ -260,6 +269,12 @@ class PgRestore:
             stream = prepared.source.plaintext(self.secrets)
             if role:
                 stream = itertools.chain([b"SET ROLE %s;\n" % ddl.quote_ident(role).encode()], stream)
+            if archive.psql_restricts(pg.tool_version(psql[0])):
+                stream = archive.restricted(stream, secrets.token_hex(16))
+            else:
+                warn("%s cannot turn off psql meta-commands (\\restrict needs psql 13.22, 14.19, 15.14, 16.10, 17.6 or "
+                     "later); the SQL file was checked line by line instead: upgrade the PostgreSQL client"
+                     % pg.tool_version(psql[0]))
             proc.feed_command(psql, env, stream, "psql restoring into %s" % database)
             self.report.update(jobs=1)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import socket
 import ssl
 import threading
@@ -49,10 +50,12 @@ def secret_header_values(targets):
         for key, value in (target.get("headers") or {}).items():
             if str(key).lower() in SECRET_HEADERS and value:
                 values.append(str(value))
+        url = str(target.get("url") or "")
         try:
-            password = urlsplit(str(target.get("url") or "")).password
-        except ValueError:
-            password = None
+            password = urlsplit(url).password
+        except ValueError:  # an invalid URL still must not show its password
+            found = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*?:([^/@]*)@", url)
+            password = found.group(1) if found else None
         if password:
             values += [password, unquote(password)]
     return values
@@ -271,6 +274,7 @@ def overall_status(results):
 _TLS_CONTEXTS = {}
 _TLS_LOCK = threading.Lock()
 MAX_REDIRECTS = 5
+MAX_BODY = 4 * 1024 * 1024  # a health endpoint answers in kilobytes; an endless body must not fill the host's memory
 
 
 def _tls_context(verify):
@@ -320,6 +324,7 @@ def http_request(url, method="GET", headers=None, body=None, timeout=5.0, valida
             sock.settimeout(max(deadline.left(), 0.001))
             response = conn.getresponse()
             chunks = []
+            size = 0
             while True:
                 if deadline.passed():
                     raise socket.timeout("timed out")
@@ -327,6 +332,9 @@ def http_request(url, method="GET", headers=None, body=None, timeout=5.0, valida
                 data = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
                 if not data:
                     break
+                size += len(data)
+                if size > MAX_BODY:
+                    raise OSError("the answer is larger than %d MiB: not a health endpoint" % (MAX_BODY // 1048576))
                 chunks.append(data)
             data = b"".join(chunks)
         except http.client.HTTPException as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import subprocess
 import threading
+import time
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
@@ -38,11 +39,12 @@ def _stop(proc):
     proc.wait()
 
 
-def command_output(argv, env, what, idle_timeout=None, alive=None):
+def command_output(argv, env, what, idle_timeout=None, alive=None, max_silence=None):
     """Yield the stdout of ``argv`` chunk by chunk; OpsError unless it exits 0, or when it is silent too long.
 
     After ``idle_timeout`` seconds without output, ``alive()`` (when given) may say the source is still working
-    (a server preparing a snapshot): then the wait goes on, otherwise the tool is stopped.
+    (a server preparing a snapshot): then the wait goes on, up to ``max_silence`` seconds of silence in all;
+    otherwise the tool is stopped.
     """
     proc = _spawn(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     errors = []
@@ -58,17 +60,23 @@ def command_output(argv, env, what, idle_timeout=None, alive=None):
         chunks.put(_END)
 
     threading.Thread(target=pump, daemon=True).start()
+    silent_since = time.monotonic()
     try:
         while True:
             try:
                 data = chunks.get(timeout=idle_timeout)
             except queue.Empty:
+                silence = time.monotonic() - silent_since
+                if max_silence is not None and silence >= max_silence:
+                    raise OpsError("%s sent nothing for %.0fs although the server still answers: the snapshot is not "
+                                   "coming (a stuck child process?); it was stopped" % (what, silence))
                 if alive is not None and alive():
                     continue
                 raise OpsError("%s sent nothing for %ss: the server stopped answering (a frozen process or a dead "
                                "network path); it was stopped" % (what, idle_timeout))
             if data is _END:
                 break
+            silent_since = time.monotonic()
             yield data
     except BaseException:
         _stop(proc)
@@ -79,11 +87,11 @@ def command_output(argv, env, what, idle_timeout=None, alive=None):
         raise OpsError("%s %s: %s" % (what, exit_text(returncode), last_line(b"".join(errors))))
 
 
-def stream_command(argv, env, sink, what, idle_timeout=None, alive=None):
+def stream_command(argv, env, sink, what, idle_timeout=None, alive=None, max_silence=None):
     """Run ``argv`` and feed its stdout to ``sink.write``; fail clearly unless it exits 0 with output."""
     produced = 0
     try:
-        for data in command_output(argv, env, what, idle_timeout, alive):
+        for data in command_output(argv, env, what, idle_timeout, alive, max_silence):
             produced += len(data)
             sink.write(data)
     except OpsError as exc:

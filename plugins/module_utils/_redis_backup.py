@@ -86,7 +86,8 @@ class RedisBackupJob(_backup.BackupJob):
         else:
             argv = rd.cli_argv(self.params) + ["--rdb", "-"]
             proc.stream_command(argv, rd.cli_env(self.params), check, "redis-cli --rdb (replication snapshot)",
-                                idle_timeout=self.params["idle_timeout"], alive=self.server_answers)
+                                idle_timeout=self.params["idle_timeout"], alive=self.server_answers,
+                                max_silence=self.params["bgsave_timeout"])
             what = "the replication snapshot"
         return {"rdb_version": check.version(what), "method": self.method}
 

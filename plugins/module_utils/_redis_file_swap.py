@@ -31,6 +31,7 @@ class FileSwap:
         self.suffix = ".pre_restore_" + stamp
         self.config_text = None
         self.moved = []
+        self.placed = False
 
     def run(self, rdb, expected, report):
         self.stop_server()
@@ -70,19 +71,21 @@ class FileSwap:
             if os.path.exists(path):
                 os.rename(path, path + self.suffix)
                 self.moved.append((path, path + self.suffix))
-        staged = os.path.join(os.path.dirname(self.rdb_path), ".%s.restore" % os.path.basename(self.rdb_path))
+        directory = os.path.dirname(self.rdb_path)
+        staged = os.path.join(directory, ".%s.restore" % os.path.basename(self.rdb_path))
         shutil.copyfile(rdb, staged)
-        if self.moved and os.path.isfile(self.moved[0][1]):
-            shutil.copystat(self.moved[0][1], staged)
-            stat = os.stat(self.moved[0][1])
-            os.chown(staged, stat.st_uid, stat.st_gid)
+        old_rdb = dict(self.moved).get(self.rdb_path)
+        like = os.stat(old_rdb if old_rdb and os.path.isfile(old_rdb) else directory)
+        os.chmod(staged, (like.st_mode & 0o666) if old_rdb else 0o640)
+        os.chown(staged, like.st_uid, like.st_gid)  # the server's user must read it (it owns the data directory)
         os.rename(staged, self.rdb_path)
-        atomic.fsync_dir(os.path.dirname(self.rdb_path))
+        self.placed = True
+        atomic.fsync_dir(directory)
         if self.aof_on:
             with open(self.config_file) as handle:
                 self.config_text = handle.read()
             lines = [line for line in self.config_text.splitlines() if not line.strip().lower().startswith("appendonly ")]
-            _write_keeping_mode(self.config_file, "\n".join(lines + ["appendonly no"]) + "\n")
+            _rewrite_keeping_owner(self.config_file, "\n".join(lines + ["appendonly no"]) + "\n")
 
     def start_server(self):
         self.command("start", self.params["start_command"] or ["systemctl", "start", self.params["service"]])
@@ -103,20 +106,20 @@ class FileSwap:
         persistence = poll(rewritten, self.params["load_timeout"], 0.05, on_timeout=too_slow)
         if persistence.get("aof_last_bgrewrite_status") != "ok":
             raise OpsError("re-enabling AOF failed: aof_last_bgrewrite_status=%s" % persistence.get("aof_last_bgrewrite_status"))
-        _write_keeping_mode(self.config_file, self.config_text)  # appendonly yes again, as the operator wrote it
+        _rewrite_keeping_owner(self.config_file, self.config_text)  # appendonly yes again, as the operator wrote it
 
     def roll_back(self):
         try:
             self.command("stop", self.params["stop_command"] or ["systemctl", "stop", self.params["service"]])
         except OpsError:
             pass
+        if self.placed and self.rdb_path not in dict(self.moved):
+            _remove(self.rdb_path)  # there was no RDB before: the restored one must not stay
         for original, aside in self.moved:
             _remove(original)
             os.rename(aside, original)
-        if self.moved == [] and os.path.exists(self.rdb_path):
-            _remove(self.rdb_path)
         if self.config_text is not None:
-            _write_keeping_mode(self.config_file, self.config_text)
+            _rewrite_keeping_owner(self.config_file, self.config_text)
         self.command("start", self.params["start_command"] or ["systemctl", "start", self.params["service"]])
 
     @staticmethod
@@ -137,12 +140,14 @@ def _remove(path):
         os.unlink(path)
 
 
-def _write_keeping_mode(path, text):
-    mode = os.stat(path).st_mode & 0o7777
+def _rewrite_keeping_owner(path, text):
+    """Replace a config file atomically with the same mode, owner and group (the server may not run as root)."""
+    before = os.stat(path)
     writer = atomic.AtomicWriter(path)
     writer.write(text.encode())
     writer.commit()
-    os.chmod(path, mode)
+    os.chown(path, before.st_uid, before.st_gid)
+    os.chmod(path, before.st_mode & 0o7777)
 
 
 def _port_open(host, port):

@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
 SAMPLE = 200
 MIGRATE_TIMEOUT_MS = 60000
@@ -113,10 +113,19 @@ class Copier:
                      else ["AUTH", params["login_password"]])
         try:
             source.execute_command(*args, "KEYS", *keys)
-        except redis.ResponseError as exc:
-            raise OpsError("MIGRATE to the target failed: %s" % first_line(exc), exception=exc)
+        except redis.RedisError as exc:
+            raise OpsError("MIGRATE to the target failed: %s" % rd.explain(exc, params), exception=exc)
 
     def dump_restore(self, source, dest, keys):
+        redis = rd.library()
+        try:
+            return self._dump_restore(source, dest, keys)
+        except redis.ResponseError:
+            raise
+        except redis.RedisError as exc:
+            raise OpsError("copying keys to the target failed: %s" % rd.explain(exc, self.params), exception=exc)
+
+    def _dump_restore(self, source, dest, keys):
         redis = rd.library()
         pipe = source.pipeline(transaction=False)
         for key in keys:

@@ -21,7 +21,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _redis_live as 
 from ansible_collections.runbook.ops.plugins.module_utils import _report
 from ansible_collections.runbook.ops.plugins.module_utils import _sources
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, manifest as mf, store as st
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, Terminated
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 from ansible_collections.runbook.ops.plugins.module_utils._redis_file_swap import FileSwap
 
@@ -70,8 +70,20 @@ def parse_db_map(db_map):
             raise OpsError("db_map entry %r: %r is not a pair of db numbers: write it as {0: 8}" % (key, value))
         if source < 0 or target < 0:
             raise OpsError("db_map entry %r: %r names a negative db" % (key, value))
+        if source in parsed:
+            raise OpsError("db_map names source db %d twice (%r): give each db once" % (source, key))
         parsed[source] = target
     return parsed
+
+
+def check_plan(plan):
+    """Refuse two source dbs restored into one target db: their keys could collide half way."""
+    seen = {}
+    for source, target in plan:
+        if target in seen:
+            raise OpsError("db %d and db %d of the backup would both be restored into db %d of the target: map them to "
+                           "different dbs with db_map; nothing was changed" % (seen[target], source, target))
+        seen[target] = source
 
 
 def validate(params):
@@ -125,15 +137,21 @@ class RedisRestore:
                 raise OpsError("the target %s:%s is a read-only replica of %s: a restore must go to the master (the "
                                "replica then copies it); nothing was changed"
                                % (self.params["login_host"], self.params["login_port"], master))
+        redis = rd.library()
         try:
-            with st.scratch(self.store, ".redis-restore-", self.module.check_mode) as scratch_dir:
-                result = self.restore(target, scratch_dir)
+            try:
+                with st.scratch(self.store, ".redis-restore-", self.module.check_mode) as scratch_dir:
+                    result = self.restore(target, scratch_dir)
+            except redis.RedisError as exc:  # a server that stops answering half way
+                raise OpsError("Redis failed during the restore: %s" % rd.explain(exc, self.params), exception=exc)
         except OpsError as exc:
             if self.wrote:
                 raise exc.extend("the safety backup %s holds the previous data"
                                  % (self.report.data.get("safety_backup") or {}).get("id"),
                                  changed=True, restore=self.report.data)
             raise
+        except Terminated:
+            raise Terminated(changed=self.wrote, restore=self.report.data)
         result["restore"]["duration"] = round(time.monotonic() - clock, 3)
         return result
 
@@ -230,6 +248,7 @@ class RedisRestore:
         loaded = scratches[0]
         source_dbs = sorted(rd.keyspace(loaded))
         plan = [(db, self.db_map.get(db, db)) for db in source_dbs]
+        check_plan(plan)
         missing = sorted({dst for _src, dst in plan if not rd.db_exists(target, dst)})
         if missing:
             raise OpsError("the target has no db %s (the backup holds dbs %s%s): map them to existing dbs with db_map or "
@@ -284,7 +303,10 @@ class RedisRestore:
                 self.wrote = self.wrote or per_db[str(src_db)]["restored"] > 0
         except OpsError as exc:
             self.wrote = True
-            self.report.keys("target_keys_after", rd.keyspace(target))
+            try:
+                self.report.keys("target_keys_after", rd.keyspace(target))
+            except rd.library().RedisError:
+                self.report.update(target_keys_after="unknown: the target does not answer")
             raise exc.extend("the restore stopped after %d keys were written in whole batches (per db: %s); the target "
                              "now holds keys per db %s (before: %s)"
                              % (sum(d["restored"] for d in per_db.values()), per_db,

@@ -121,7 +121,7 @@ def catalog(s3, kind, subject=None):
                     mf.skip_damaged("s3://%s/%s" % (s3["bucket"], name), exc)
                     continue
                 if subject is None or manifest.get("database") == subject:
-                    manifest["s3_manifest_key"] = name
+                    manifest.update(s3_manifest_key=name, path=None)  # a path another host recorded means nothing here
                     found.append(manifest)
     except Exception as exc:
         raise OpsError("cannot list backups in s3://%s/%s: %s" % (s3["bucket"], root, first_line(exc)), exception=exc)

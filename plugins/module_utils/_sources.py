@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
 from ansible_collections.runbook.ops.plugins.module_utils import _s3
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import codec, manifest as mf, store as st
@@ -97,20 +98,25 @@ def resolve(src, store, kind, subject, scratch_dir):
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.exists(path):
         raise OpsError("the backup %s does not exist on this host" % src)
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "toc.dat")):
-        raise OpsError("%s is a directory without toc.dat: not a pg_dump directory-format backup" % src)
-    return Source(src, path, None if os.path.isdir(path) else find_manifest(path))
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "toc.dat")):
+            raise OpsError("%s is a directory without toc.dat: not a pg_dump directory-format backup" % src)
+        return Source(src, path, None)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OpsError("%s is not a regular file (a FIFO, a device or a socket): a backup is a file or a pg_dump "
+                       "directory; refusing to read it" % src)
+    return Source(src, path, find_manifest(path))
 
 
 def find_manifest(path):
-    """The runbook.ops manifest of a data file, when it sits beside it."""
+    """The runbook.ops manifest of a data file, when it sits beside it (ids may hold dots: ``my.db_20260126_...``)."""
     directory, name = os.path.split(path)
-    candidate = os.path.join(directory, name.split(".", 1)[0] + mf.MANIFEST_SUFFIX)
-    if os.path.exists(candidate):
-        manifest = mf.load_manifest(candidate)
-        if manifest.get("file") == name:
-            manifest["manifest_path"] = candidate
-            return manifest
+    for index in [i for i, char in enumerate(name) if char == "."]:
+        candidate = os.path.join(directory, name[:index] + mf.MANIFEST_SUFFIX)
+        if os.path.exists(candidate):
+            manifest = mf.load_manifest(candidate)
+            if manifest.get("file") == name:
+                return mf.attach(manifest, candidate)
     return None
 
 

@@ -52,7 +52,9 @@ options:
     description: The server's RDB file, when C(CONFIG GET dir) is disabled on a hardened server.
     type: path
   bgsave_timeout:
-    description: Seconds to wait for BGSAVE.
+    description:
+      - Seconds to wait for BGSAVE, and with V(replication) the longest silence of the snapshot stream while the
+        server still answers (a snapshot being prepared, or a stuck child process).
     type: int
     default: 3600
   idle_timeout:

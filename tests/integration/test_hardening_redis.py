@@ -7,13 +7,20 @@ freezes mid-stream, A11 endpoints that accept and never answer, A18 a missing pa
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
+
+import redis
 
 from hostile import SilentServer
 from pg_helpers import BACKUP as PG_BACKUP, backup_task
 from proc_helpers import wait_for_process
+from servers import free_port
 from test_redis_backup_restore import BACKUP, RESTORE, connection, seed, task
 
 
@@ -168,3 +175,64 @@ def test_a18_a_missing_password_is_named_as_such(ansible, servers, tmp_path):
         assert run.rc != 0
         msg = run.task("Try")["result"]["msg"]
         assert "the server needs a password: give login_password" in msg and "HELLO" not in msg
+
+
+def test_file_mode_keeps_a_non_root_server_startable_and_rolls_back_what_it_placed(ansible, servers, tmp_path):
+    """Hostile tester #1: the config came back root-owned (Redis could not read it) and a rollback left the
+    restored RDB behind when the server had only an AOF."""
+    source = servers("src", password="pw")
+    seed(source)
+    store = {"dir": str(tmp_path / "store")}
+    backup = ansible.play(task(BACKUP, "redis_backup", dict(connection(source), store=store)))
+    assert backup.rc == 0, backup
+    path = backup.task(BACKUP)["result"]["backup"]["path"]
+    data_dir = Path(tempfile.mkdtemp(prefix="rbk-owned-"))  # pytest's tmp dirs are 0700: the redis user cannot enter
+    os.chmod(data_dir, 0o755)
+    port = free_port()
+    conf = data_dir / "redis.conf"
+    conf.write_text("port %d\nbind 127.0.0.1\ndir %s\ndaemonize yes\npidfile %s/redis.pid\nlogfile %s/redis.log\n"
+                    "appendonly yes\nsave \"\"\nrequirepass own-pw\n" % (port, data_dir, data_dir, data_dir))
+    shutil.chown(data_dir, "redis", "redis")
+    shutil.chown(conf, "redis", "redis")
+    os.chmod(conf, 0o640)
+    start = ["runuser", "-u", "redis", "--", shutil.which("redis-server"), str(conf)]
+    stop = ["sh", "-c", "kill $(cat %s/redis.pid); while kill -0 $(cat %s/redis.pid) 2>/dev/null; do sleep 0.05; done"
+            % (data_dir, data_dir)]
+    # a start command that fails once (after the swap), then works: the restore must roll back cleanly
+    flaky = tmp_path / "start-once-failing.sh"
+    flaky.write_text("#!/bin/sh\nif [ ! -e %s/failed-once ]; then touch %s/failed-once; exit 1; fi\nexec %s\n"
+                     % (tmp_path, tmp_path, " ".join(start)))
+    os.chmod(flaky, 0o755)
+    subprocess.run(start, check=True)
+    try:
+        client = redis.Redis(port=port, password="own-pw")
+        for _attempt in range(100):
+            try:
+                client.set("old", "data")
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        assert not (data_dir / "dump.rdb").exists() and (data_dir / "appendonlydir").is_dir()
+        spec = {"login_host": "127.0.0.1", "login_port": port, "login_password": "own-pw", "src": path, "mode": "file",
+                "stop_command": stop, "start_command": [str(flaky)], "store": store}
+        run = ansible.play(task(RESTORE, "redis_restore", spec))
+        assert run.rc != 0 and "the old files were put back" in run.task(RESTORE)["result"]["msg"]
+        assert client.get("old") == b"data" and not (data_dir / "dump.rdb").exists()
+        assert (os.stat(conf).st_uid, oct(os.stat(conf).st_mode & 0o777)) == (pwd.getpwnam("redis").pw_uid, "0o640")
+        run = ansible.play(task(RESTORE, "redis_restore", dict(spec, start_command=start)))
+        assert run.rc == 0, run
+        assert client.get("old") is None and client.get("str:0:5") == "value ✓ 5".encode()
+        assert (os.stat(conf).st_uid, oct(os.stat(conf).st_mode & 0o777)) == (pwd.getpwnam("redis").pw_uid, "0o640")
+        assert os.stat(data_dir / "dump.rdb").st_uid == pwd.getpwnam("redis").pw_uid
+        subprocess.run(stop, check=True)
+        subprocess.run(start, check=True)  # the server starts again from what the restore left: as its own user
+        for _attempt in range(100):
+            try:
+                if client.get("str:0:5"):
+                    break
+            except redis.RedisError:
+                time.sleep(0.05)
+        assert client.get("str:0:5") == "value ✓ 5".encode() and client.info("persistence")["aof_enabled"] == 1
+    finally:
+        subprocess.run(stop, check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsErro
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts.atomic import write_small_file
 
 MANIFEST_SUFFIX = ".manifest.json"
-ID_STAMP = r"\d{8}_\d{6}"
+ID_STAMP = r"\d{8}_\d{6}(?:_\d+)?"  # a counter follows the stamp when one second holds two backups
 RUNTIME_KEYS = ("manifest_path", "s3_manifest_key")
 REQUIRED_FIELDS = ("id", "finished", "file")
 MAX_SUBJECT_BYTES = 180  # leaves room for the stamp and suffixes in a 255-byte file name
@@ -99,7 +99,16 @@ def parse_manifest(text, where):
         parse_time(manifest["finished"])
     except ValueError as exc:
         raise OpsError("manifest %s has a damaged 'finished' time %r" % (where, manifest["finished"]), exception=exc)
+    extra = manifest.get("extra_files") or []
+    if not isinstance(extra, list) or not all(plain_name(n) for n in [manifest["file"]] + extra):
+        raise OpsError("manifest %s names files outside its own directory (%r): it was edited or damaged"
+                       % (where, [manifest["file"]] + (extra if isinstance(extra, list) else [extra])))
     return manifest
+
+
+def plain_name(name):
+    """A file name with no directory part: what a manifest may name as its data and extra files."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\x00" not in name
 
 
 def load_manifest(path):
@@ -131,10 +140,37 @@ def catalog(store_dir, kind, subject=None):
                 skip_damaged(path, exc)
                 continue
             if subject is None or manifest.get("database") == subject:
-                manifest["manifest_path"] = path
+                attach(manifest, path)
                 found.append(manifest)
     found.sort(key=lambda m: m["finished"], reverse=True)
     return found
+
+
+def attach(manifest, path):
+    """Point a manifest read from ``path`` at its files beside it (never at the absolute path it recorded, which a
+    copied or moved store, or an edited manifest, would make wrong)."""
+    manifest["manifest_path"] = path
+    data = os.path.join(os.path.dirname(path), manifest["file"])
+    manifest["path"] = data if os.path.exists(data) else None
+    return manifest
+
+
+def artifact_id_for(directory, subject, when):
+    """An id for a new artifact in ``directory``: the platforms' ``<subject>_<YYYYMMDD_HHMMSS>``, with ``_2``, ``_3``
+    ... when that second already has one (a backup right after another, a safety backup after a backup)."""
+    base = backup_id(subject, when)
+    candidate, counter = base, 1
+    while any(name.startswith(candidate + ".") for name in _listdir(directory)):
+        counter += 1
+        candidate = "%s_%d" % (base, counter)
+    return candidate
+
+
+def _listdir(directory):
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
 
 
 def parse_age(text, option="skip_if_newer_than"):

@@ -59,14 +59,12 @@ def select_retained(manifests, now, keep_last=None, keep_days=None, keep_daily=N
 
 
 def artifact_files(manifest):
-    """Every local file of an artifact (sidecars, extra files, data), then the manifest."""
-    data = manifest.get("path")
+    """Every local file of an artifact (sidecars, extra files, data), then the manifest; all beside the manifest."""
+    directory = os.path.dirname(manifest["manifest_path"])
     files = []
-    if data:
-        directory = os.path.dirname(data)
-        for name in list(manifest.get("extra_files") or []) + [os.path.basename(data)]:
-            base = os.path.join(directory, name)
-            files += [base + ".sha256", base + ".md5", base]
+    for name in list(manifest.get("extra_files") or []) + [manifest["file"]]:
+        base = os.path.join(directory, name)
+        files += [base + ".sha256", base + ".md5", base]
     return files + [manifest["manifest_path"]]
 
 

@@ -54,3 +54,28 @@ def test_the_clean_phase_is_read_and_inherited_drops_are_left_out():
     kept, skipped = archive.without_inherited(drops, {("public.events_2025", "events_2025_pkey")},
                                               {'"odd schema"."ix ""1"""'})
     assert len(skipped) == 2 and len(kept) == 3 and kept[-1] == "DROP TABLE IF EXISTS public.events;"
+
+
+def test_plain_sql_with_a_shell_escape_is_refused_but_copy_data_with_backslashes_is_not():
+    from ansible_collections.runbook.ops.plugins.module_utils import _pg_archive as archive
+    from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+
+    good = (b"--\n-- PostgreSQL database dump\n--\n\\restrict abc123\nSET x = 1;\n"
+            b"COPY public.t (a) FROM stdin;\n\\\\! not a command, an escaped backslash\n\\restrict in data\n\\.\n"
+            b"\\unrestrict abc123\n--\n-- PostgreSQL database dump complete\n--\n")
+    archive.check_plain([good[:30], good[30:]])
+    evil = good.replace(b"SET x = 1;\n", b"SET x = 1;\n  \\! id > /tmp/pwned\n")
+    with pytest.raises(OpsError, match=r"meta-command '\\\\! id > /tmp/pwned' on line 6"):
+        archive.check_plain([evil])
+    restricted = b"".join(archive.restricted([good], "k3y"))
+    assert restricted.startswith(b"\\restrict k3y\n") and b"\\restrict abc123" not in restricted
+    assert b"\\unrestrict abc123" not in restricted and b"\\restrict in data\n" in restricted
+
+
+@pytest.mark.parametrize("version, supported", [("psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", True),
+                                                ("psql (PostgreSQL) 15.13", False), ("psql (PostgreSQL) 17.6", True),
+                                                ("psql (PostgreSQL) 18.1", True), ("psql (PostgreSQL) 12.22", False)])
+def test_psql_restrict_support_by_version(version, supported):
+    from ansible_collections.runbook.ops.plugins.module_utils import _pg_archive as archive
+
+    assert archive.psql_restricts(version) is supported
