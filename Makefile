@@ -75,13 +75,13 @@ test: install unit-integration sanity lint doc molecule
 	@echo "make test: all suites passed"
 
 unit-integration:
-	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup tests/unit tests/integration
 
 unit:
 	$(BIN)/pytest tests/unit
 
 integration:
-	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/integration
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup tests/integration
 
 # ansible-test fetches a pip bootstrap script from a host these machines cannot reach: seed its cache.
 sanity: install

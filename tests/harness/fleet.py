@@ -109,6 +109,8 @@ done
 rm -f $R/var/lib/dbus/machine-id
 echo localhost > $R/etc/hostname
 rm -rf $R/var/cache/apt/archives/*.deb $R/var/lib/apt/lists/* $R/var/log/*.log
+# empty package lists that look fresh would make apt's cache_valid_time skip the first update
+touch -d @0 $R/var/lib/apt/lists
 """
 
 
@@ -270,6 +272,8 @@ class Fleet:
                 host.setdefault("groups", [])
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(self.start_host, self.hosts))
+            for host in self.hosts:  # one at a time: apt-cacher-ng races on index files fetched at the same instant
+                self.ssh(host, "sudo apt-get update -qq", timeout=300)
             self.write_inventory()
         except BaseException:
             self.down()
@@ -333,7 +337,7 @@ class Fleet:
             argv += DIND_FLAGS + ["-v", "%s:/var/lib/docker" % volume]
         host["id"] = self.docker(*argv, IMAGE, "/sbin/init").stdout.strip()
         self.state["containers"][host["name"]] = host["id"]
-        proxy = 'Acquire::http::Proxy "%s";\n' % self.proxy.url
+        proxy = 'Acquire::http::Proxy "%s";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n' % self.proxy.url
         self.docker("exec", "-i", host["id"], "sh", "-c", "cat > /etc/apt/apt.conf.d/01proxy", input=proxy)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

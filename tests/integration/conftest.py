@@ -94,6 +94,16 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fleet(tmp_path_factory):
+    """db1, cache1 and two app hosts (each with its own Docker engine): systemd machines reached over SSH."""
+    from fleet import DEMO, Fleet
+
+    running = Fleet(tmp_path_factory.mktemp("fleet"), DEMO).up()
+    yield running
+    running.down()
+
+
+@pytest.fixture(scope="session")
 def docker_engine():
     base = Path(tempfile.mkdtemp(prefix="rbk-docker-", dir="/tmp"))
     engine = DockerEngine(base).start()
@@ -138,13 +148,16 @@ class Ansible:
     def env(self, results_file):
         env = dict(os.environ)
         env.update({
-            "ANSIBLE_COLLECTIONS_PATH": str(self.collections_path),
+            # this checkout's runbook.ops first; the community collections make install put into collections/
+            "ANSIBLE_COLLECTIONS_PATH": "%s:%s" % (self.collections_path, REPO / "collections"),
             "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "integration" / "callback_plugins"),
             "ANSIBLE_CALLBACKS_ENABLED": "record_results",
             "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
+            # modules run from here, so a test can tell its own module processes from another test's
+            "ANSIBLE_REMOTE_TEMP": str(self.workdir / "remote-tmp"),
             "RUNBOOK_TEST_RESULTS": str(results_file),
         })
         return env
@@ -193,3 +206,9 @@ class Ansible:
 @pytest.fixture
 def ansible(tmp_path, collections_path):
     return Ansible(tmp_path, collections_path)
+
+
+@pytest.fixture(scope="module")
+def module_ansible(tmp_path_factory, collections_path):
+    """One Ansible runner for a whole test module (for state that several tests build on, such as the fleet)."""
+    return Ansible(tmp_path_factory.mktemp("ansible"), collections_path)

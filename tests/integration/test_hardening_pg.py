@@ -18,7 +18,7 @@ import pytest
 
 from pg_helpers import (BACKUP, RESTORE, backup_task, databases_like, exact_databases, make_database, quoted,
                         restore_task, sql, sql_args)
-from proc_helpers import module_process, wait_for_process
+from proc_helpers import parent_of, wait_for_process
 
 
 @pytest.fixture
@@ -198,9 +198,9 @@ def test_a14_sigterm_half_way_cleans_up_and_sigkill_leftovers_are_removed_by_the
 
     # SIGTERM while pg_restore loads the scratch database
     finish = ansible.start(restore_task(pg, big, path, store={"dir": str(store)}, force=True, safety_backup=False))
-    wait_for_process(is_tool("pg_restore", big + "_restore_"))
+    tool = wait_for_process(is_tool("pg_restore", big + "_restore_"))
     time.sleep(0.3)
-    os.kill(module_process("pg_restore"), signal.SIGTERM)
+    os.kill(parent_of(tool), signal.SIGTERM)  # this test's module: another test's may run beside it
     run = finish()
     assert run.rc != 0 and "stopped by a signal" in run.task(RESTORE)["result"]["msg"]
     assert leftovers() == ([], [])
@@ -208,25 +208,25 @@ def test_a14_sigterm_half_way_cleans_up_and_sigkill_leftovers_are_removed_by_the
 
     # SIGTERM while pg_dump streams: no partial file
     finish = ansible.start(backup_task(pg, big, {"dir": str(store)}, compression="none"))
-    wait_for_process(is_tool("pg_dump", big))
+    tool = wait_for_process(is_tool("pg_dump", big))
     time.sleep(0.3)
-    os.kill(module_process("pg_backup"), signal.SIGTERM)
+    os.kill(parent_of(tool), signal.SIGTERM)
     run = finish()
     assert run.rc != 0 and "stopped by a signal" in run.task(BACKUP)["result"]["msg"]
     assert not list(store.rglob("*.partial"))
 
     # SIGKILL: nothing can clean up, so the next run removes what it can prove is its own and dead
     finish = ansible.start(restore_task(pg, big, path, store={"dir": str(store)}, force=True, safety_backup=False))
-    wait_for_process(is_tool("pg_restore", big + "_restore_"))
+    tool = wait_for_process(is_tool("pg_restore", big + "_restore_"))
     time.sleep(0.3)
-    os.kill(module_process("pg_restore"), signal.SIGKILL)
+    os.kill(parent_of(tool), signal.SIGKILL)
     finish()
     stale_work, stale_dbs = leftovers()
     assert len(stale_work) == 1 and len(stale_dbs) == 1
     finish = ansible.start(backup_task(pg, big, {"dir": str(store)}, compression="none"))
-    wait_for_process(is_tool("pg_dump", big))
+    tool = wait_for_process(is_tool("pg_dump", big))
     time.sleep(0.3)
-    os.kill(module_process("pg_backup"), signal.SIGKILL)
+    os.kill(parent_of(tool), signal.SIGKILL)
     finish()
     assert len(list(store.rglob("*.partial"))) == 1
     time.sleep(1)  # an orphaned pg_dump may still be writing

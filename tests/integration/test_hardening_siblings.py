@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 
 from pg_helpers import BACKUP, RESTORE, backup_task, databases_like, make_database, quoted, restore_task, sql, sql_args
-from proc_helpers import module_process, wait_for_process
+from proc_helpers import module_process, parent_of, wait_for_process
 from test_health_probe import PROBE, probe_task
 from test_redis_backup_restore import BACKUP as REDIS_BACKUP, RESTORE as REDIS_RESTORE, connection, task
 
@@ -130,7 +130,7 @@ def test_4_5_a_session_that_will_not_die_is_named_and_a_sigkill_during_the_swap_
         while sql_args(pg, "postgres", "SELECT datallowconn FROM pg_database WHERE datname = %s", (db,)) == [(True,)]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        os.kill(module_process("pg_restore"), signal.SIGKILL)
+        os.kill(module_process("pg_restore", ansible), signal.SIGKILL)
         finish()
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -288,9 +288,10 @@ def test_14_sigint_is_cleaned_up_like_sigterm(ansible, pg, tmp_path, names):
     store = {"dir": str(tmp_path / "store")}
     made = backup(ansible, pg, big, store, compression="gzip")
     finish = ansible.start(restore_task(pg, big, made["path"], store=store, force=True))
-    wait_for_process(lambda argv: argv[0].endswith(b"pg_restore") and any(b"_restore_" in a for a in argv))
+    tool = wait_for_process(lambda argv: argv[0].endswith(b"pg_restore") and any((big + "_restore_").encode() in a
+                                                                                for a in argv))
     time.sleep(0.3)
-    os.kill(module_process("pg_restore"), signal.SIGINT)
+    os.kill(parent_of(tool), signal.SIGINT)  # this test's module: another test's may run beside it
     run = finish()
     result = run.task(RESTORE)["result"]
     assert run.rc != 0 and "stopped by a signal" in result["msg"] and "Traceback" not in result["msg"]

@@ -1,0 +1,147 @@
+"""The fleet: provisioning, backups, timers and metrics over real SSH to real systemd hosts (issue 9).
+
+One fleet per test session (db1, cache1, app1, app2), started by the ``fleet`` fixture from tests/harness/fleet.py
+and torn down afterwards; these tests share one xdist worker (``--dist loadgroup``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.xdist_group("fleet")
+
+SITE = REPO / "playbooks" / "site.yml"
+FLEET_VARS = REPO / "inventories" / "fleet"
+
+
+def play(ansible, fleet, playbook=SITE, **kwargs):
+    return ansible.play(None, playbook_path=playbook, inventory=FLEET_VARS,
+                        extra_args=["-i", str(fleet.inventory)] + list(kwargs.pop("extra_args", [])), **kwargs)
+
+
+def changed(run):
+    return sorted({"%s: %s" % (r["host"], r["task"]) for r in run.results
+                   if r["status"] == "ok" and r["result"].get("changed")})
+
+
+def summary(run, task):
+    return run.task(task)["result"]["msg"]
+
+
+@pytest.fixture(scope="module")
+def provisioned(fleet, module_ansible):
+    """site.yml once with backup_run_now: provision -> health -> backup (and the timers' first run) -> verify."""
+    ansible = module_ansible
+    started = time.monotonic()
+    run = play(ansible, fleet, extra_vars={"backup_run_now": True})
+    assert run.rc == 0, run
+    return {"run": run, "seconds": round(time.monotonic() - started, 1), "ansible": ansible}
+
+
+def test_site_provisions_the_fleet_over_ssh_and_a_second_run_changes_nothing(fleet, provisioned):
+    run = provisioned["run"]
+    provision = summary(run, "Show one line per provisioned host")
+    assert any(line.startswith("db1: Debian 12") and "PostgreSQL 15 on port 5432" in line for line in provision)
+    assert any(line.startswith("cache1:") and "renamed FLUSHALL, FLUSHDB, CONFIG" in line for line in provision)
+    assert sum("Docker with Compose 2." in line for line in provision) == 2
+    backups = summary(run, "Show one line per backup")
+    assert any(line.startswith("db1: app_") and "verified=True" in line for line in backups), backups
+    assert any(line.startswith("cache1: cache_") for line in backups), backups
+    verified = summary(run, "Show one line per backup verified")
+    assert any(line.startswith("db1: app_") and "valid at level list" in line for line in verified), verified
+    again = play(provisioned["ansible"], fleet)
+    assert again.rc == 0, again
+    assert changed(again) == []
+
+
+def test_services_answer_and_users_log_in_across_hosts(fleet, provisioned):
+    db = fleet.host("db1")["ip"]
+    # the app user logs in over the network from another host; the backup user can read but not write
+    out = fleet.ssh("cache1", "PGPASSWORD=fleet-app-password psql -h %s -U app -d app -Atc 'SELECT current_user'" % db)
+    assert out.stdout.strip() == "app"
+    out = fleet.ssh("db1", "PGPASSWORD=fleet-backup-password psql -h 127.0.0.1 -U backup -d app -Atc "
+                    "'CREATE TABLE nope (a int)' 2>&1", check=False).stdout
+    assert "permission denied" in out
+    settings = fleet.ssh("db1", "sudo -u postgres psql -Atc 'SHOW shared_buffers' -c 'SHOW shared_preload_libraries'").stdout
+    assert "MB" in settings and "pg_stat_statements" in settings
+    redis = fleet.ssh("cache1", "redis-cli -a fleet-redis-password --no-auth-warning CONFIG GET maxmemory 2>&1; "
+                      "redis-cli -a fleet-redis-password --no-auth-warning CONFIG_fleet GET maxmemory").stdout
+    assert "unknown command" in redis.lower() and "268435456" in redis
+
+
+def test_the_redis_modules_work_against_the_hardened_server(fleet, provisioned):
+    """FLUSHDB/FLUSHALL gone and CONFIG renamed: backup through the ACL user, live restore with flush_first."""
+    cli = "redis-cli -a fleet-redis-password --no-auth-warning "
+    fleet.ssh("cache1", cli + "SET fleet:key value >/dev/null")
+    tasks = [
+        {"name": "Back up the hardened Redis", "runbook.ops.redis_backup": {
+            "login_host": "127.0.0.1", "login_user": "backup", "login_password": "fleet-redis-backup-password",
+            "name": "hardened", "store": {"dir": "/var/backups/hardened"}}},
+        {"name": "Put a stale key into db 3", "ansible.builtin.command": cli + "-n 3 SET stale 1"},
+        {"name": "Restore it into db 3 live", "runbook.ops.redis_restore": {
+            "login_host": "127.0.0.1", "login_password": "fleet-redis-password", "name": "hardened", "src": "latest",
+            "store": {"dir": "/var/backups/hardened"}, "db_map": {"0": 3}, "flush_first": True,
+            "safety_backup": False}},
+    ]
+    playbook = provisioned["ansible"].workdir / "hardened.yml"
+    playbook.write_text(json.dumps([{"hosts": "cache1", "gather_facts": False, "become": True, "tasks": tasks}]))
+    run = play(provisioned["ansible"], fleet, playbook=playbook)
+    assert run.rc == 0, run
+    backup = run.task("Back up the hardened Redis")["result"]["backup"]
+    assert backup["method"] == "replication" and backup["verified"] is True
+    restore = run.task("Restore it into db 3 live")["result"]["restore"]
+    assert restore["flushed"] == {"3": 1} and restore["per_db"]["0"]["target_db"] == 3
+    out = fleet.ssh("cache1", "redis-cli -a fleet-redis-password --no-auth-warning -n 3 GET fleet:key; "
+                    "redis-cli -a fleet-redis-password --no-auth-warning -n 3 EXISTS stale").stdout.split()
+    assert out == ["value", "0"]
+
+
+def test_timers_run_the_modules_on_the_host_and_a_missed_backup_shows_as_stale(fleet, provisioned):
+    timers = fleet.ssh("db1", "systemctl list-timers --all --no-pager").stdout
+    assert "runbook-job-postgres-app.timer" in timers and "runbook-job-verify-postgres-app.timer" in timers
+    assert "runbook-backup-metrics.timer" in timers
+
+    def metrics():
+        text = fleet.ssh("db1", "cat /var/lib/prometheus/node-exporter/runbook_backup.prom").stdout
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("runbook_backup_") and 'job="postgres-app"' in line:
+                values[line.split("{")[0][len("runbook_backup_"):]] = float(line.rsplit(" ", 1)[1])
+        return values
+
+    fresh = metrics()
+    assert fresh["last_result"] == 1 and fresh["stale"] == 0 and fresh["last_success_timestamp_seconds"] > 0
+    # the job's interval becomes 3 s and its database goes away: the next run fails, then the signal turns stale
+    fleet.ssh("db1", "sudo python3 -c \"import json; p='/etc/runbook-ops/jobs/postgres-app.json'; j=json.load(open(p)); "
+                     "j['interval_seconds']=3; j['args']['skip_if_newer_than']=None; json.dump(j, open(p, 'w'))\"")
+    fleet.ssh("db1", "sudo systemctl stop postgresql@15-main")
+    try:
+        failed = fleet.ssh("db1", "sudo systemctl start runbook-job@postgres-app.service", check=False)
+        assert failed.returncode != 0
+        time.sleep(4)
+        fleet.ssh("db1", "sudo systemctl start runbook-backup-metrics.service")
+        missed = metrics()
+        assert missed["last_result"] == 0 and missed["stale"] == 1
+        assert missed["last_success_timestamp_seconds"] == fresh["last_success_timestamp_seconds"]
+    finally:
+        fleet.ssh("db1", "sudo systemctl start postgresql@15-main")
+    fleet.ssh("db1", "sudo systemctl start runbook-job@postgres-app.service")
+    recovered = metrics()
+    assert recovered["last_result"] == 1 and recovered["stale"] == 0 and recovered["last_size_bytes"] > 0
+
+
+def test_a_host_reboots_and_its_services_come_back(fleet, provisioned):
+    tasks = [{"name": "Reboot", "ansible.builtin.reboot": {"boot_time_command": "{{ fleet_reboot_boot_time_command }}",
+                                                          "reboot_timeout": 120}},
+             {"name": "Wait for PostgreSQL", "ansible.builtin.wait_for": {"port": 5432, "timeout": 60}}]
+    playbook = provisioned["ansible"].workdir / "reboot.yml"
+    playbook.write_text(json.dumps([{"hosts": "db1", "gather_facts": False, "become": True, "tasks": tasks}]))
+    run = play(provisioned["ansible"], fleet, playbook=playbook)
+    assert run.rc == 0, run
+    assert run.task("Reboot")["result"]["rebooted"] is True
+    assert "app" in fleet.ssh("db1", "sudo -u postgres psql -Atc 'SELECT datname FROM pg_database'").stdout
