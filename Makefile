@@ -9,6 +9,7 @@ PIP        := $(VENV)/bin/pip
 COLLECTIONS := $(CURDIR)/collections
 INSTALLED  := $(COLLECTIONS)/ansible_collections/runbook/ops
 DEMO_DIR   ?= $(CURDIR)/.demo
+FLEET_DIR  ?= $(CURDIR)/.fleet
 SANITY_ROOT ?= /tmp/runbook-ops-sanity
 APT_PACKAGES := postgresql postgresql-contrib redis-server docker.io busybox-static zstd pigz rsync python3-venv \
                 debootstrap apt-cacher-ng openssh-client
@@ -22,11 +23,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MOLECULE_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export NO_COLOR := 1
 
-.PHONY: help deps apt venv install demo demo-down test unit-integration unit integration sanity lint doc molecule bench clean
+.PHONY: help deps apt venv install demo demo-down demo-fleet demo-fleet-down test unit-integration unit integration sanity lint doc molecule bench clean
 
 help:
 	@echo "make demo   set up everything, start local PostgreSQL/Redis/S3 on loopback, run playbooks/site.yml"
 	@echo "make test   set up everything and run the whole suite (unit, integration, sanity, lint, docs, molecule)"
+	@echo "make demo-fleet  the same job over SSH on a fleet of systemd hosts in containers (db1, cache1, app1, app2)"
 	@echo "make bench  run the benchmarks (not part of CI)"
 
 deps: apt venv
@@ -70,6 +72,14 @@ demo: install
 
 demo-down:
 	$(PY) tests/harness/servers.py down --state-dir $(DEMO_DIR)
+
+# The fleet stays up afterwards (make demo-fleet-down stops it); a second run of site.yml changes nothing.
+demo-fleet: install
+	$(PY) tests/harness/fleet.py up --state-dir $(FLEET_DIR)
+	$(BIN)/ansible-playbook -i inventories/fleet -i $(FLEET_DIR)/inventory.yml playbooks/site.yml -e backup_run_now=true
+
+demo-fleet-down:
+	$(PY) tests/harness/fleet.py down --state-dir $(FLEET_DIR)
 
 test: install unit-integration sanity lint doc molecule
 	@echo "make test: all suites passed"
@@ -115,5 +125,5 @@ bench: install
 	  $(PIP) install --quiet --no-deps --target $(CURDIR)/.deps/bench-ansible "ansible>=12,<13"
 	@for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
-clean: demo-down
+clean: demo-down demo-fleet-down
 	rm -rf $(VENV) collections .deps tests/output .pytest_cache

@@ -287,7 +287,10 @@ class DockerEngine:
         argv = [dockerd, "--host", self.host, "--data-root", str(self.data_root),
                 "--exec-root", str(self.base_dir / "x"), "--pidfile", str(self.base_dir / "docker.pid"),
                 "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--bridge", "none",
-                "--storage-driver", "overlay2", "--cgroup-parent", self.cgroup_parent]
+                "--storage-driver", "overlay2", "--cgroup-parent", self.cgroup_parent,
+                # apart from any system containerd this machine runs (a docker.io package install may start one)
+                "--containerd-namespace", "runbook-%s" % self.base_dir.name,
+                "--containerd-plugins-namespace", "runbook-%s-plugins" % self.base_dir.name]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
