@@ -14,7 +14,7 @@ SANITY_ROOT ?= /tmp/runbook-ops-sanity
 APT_PACKAGES := postgresql postgresql-contrib redis-server docker.io busybox-static zstd pigz rsync python3-venv \
                 debootstrap apt-cacher-ng openssh-client
 # Collections the roles use, taken from the PyPI package `ansible` (Galaxy is not reachable from these machines).
-COMMUNITY  := community/postgresql community/docker community/library_inventory_filtering_v1
+COMMUNITY  := community/postgresql community/docker community/library_inventory_filtering_v1 ansible/posix
 ANSIBLE_PKG ?= ansible>=12,<13
 PYTEST_WORKERS ?= 2
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
@@ -116,9 +116,16 @@ doc: install
 	  echo "$$out" | grep -q "MODULE runbook.ops.$$n" || { echo "ansible-doc did not render runbook.ops.$$n:"; echo "$$out"; exit 1; }; \
 	  echo "ansible-doc runbook.ops.$$n renders"; done
 
+# The docker-driver scenarios start their hosts on the fleet harness's private engine and network (fleet.env);
+# the engine is stopped afterwards even when a scenario fails.
+MOLECULE_DIR ?= $(CURDIR)/.deps/molecule
 molecule: install
 	@# molecule keeps "prepared" state in ~/.cache across runs; reset it so prepare always runs
-	@for s in molecule/*/; do s=$$(basename $$s); $(BIN)/molecule reset -s $$s >/dev/null 2>&1; $(BIN)/molecule test -s $$s || exit 1; done
+	@$(PY) tests/harness/fleet.py up --engine-only --state-dir $(MOLECULE_DIR)
+	@set -a; . $(MOLECULE_DIR)/fleet.env; set +a; status=0; \
+	  for s in molecule/*/; do s=$$(basename $$s); test -f molecule/$$s/molecule.yml || continue; \
+	    $(BIN)/molecule reset -s $$s >/dev/null 2>&1; $(BIN)/molecule test -s $$s || { status=1; break; }; done; \
+	  $(PY) tests/harness/fleet.py down --state-dir $(MOLECULE_DIR); exit $$status
 
 bench: install
 	@test -d $(CURDIR)/.deps/bench-ansible/ansible_collections/community/postgresql || \

@@ -12,8 +12,12 @@ everything by container id and PID, even after a failed test, and leaves nothing
 
 Command line::
 
-    python tests/harness/fleet.py up --state-dir .fleet [--spec demo]   # prints the inventory path
+    python tests/harness/fleet.py up --state-dir .fleet                 # the demo fleet; prints the inventory path
+    python tests/harness/fleet.py up --state-dir .deps/molecule --engine-only   # engine, network, proxy, image
     python tests/harness/fleet.py down --state-dir .fleet
+
+Both write ``<state dir>/fleet.env`` (DOCKER_HOST, RUNBOOK_FLEET_NETWORK, RUNBOOK_FLEET_PROXY, RUNBOOK_FLEET_IMAGE,
+RUNBOOK_FLEET_COMPOSE) for molecule's docker driver, which starts its own hosts on the same engine and network.
 """
 
 from __future__ import annotations
@@ -230,7 +234,7 @@ def recipe_key(public_key):
 class Fleet:
     def __init__(self, state_dir, hosts=None):
         self.state_dir = Path(state_dir).resolve()
-        self.hosts = [dict(h) for h in (hosts or DEMO)]
+        self.hosts = [dict(h) for h in (DEMO if hosts is None else hosts)]
         self.state_file = self.state_dir / "fleet.json"
         self.key = CACHE / "id_ed25519"
         self.inventory = self.state_dir / "inventory.yml"
@@ -275,6 +279,7 @@ class Fleet:
             for host in self.hosts:  # one at a time: apt-cacher-ng races on index files fetched at the same instant
                 self.ssh(host, "sudo apt-get update -qq", timeout=300)
             self.write_inventory()
+            self.write_env()
         except BaseException:
             self.down()
             raise
@@ -353,6 +358,12 @@ class Fleet:
 
     def host(self, name):
         return next(h for h in self.hosts if h["name"] == name)
+
+    def write_env(self):
+        values = {"DOCKER_HOST": self.engine.host, "RUNBOOK_FLEET_NETWORK": self.network, "RUNBOOK_FLEET_PROXY": self.proxy.url,
+                  "RUNBOOK_FLEET_IMAGE": IMAGE, "RUNBOOK_FLEET_COMPOSE": str(compose_binary()),
+                  "RUNBOOK_FLEET_SUBNET": str(self.subnet)}
+        (self.state_dir / "fleet.env").write_text("".join("export %s=%s\n" % item for item in values.items()))
 
     def write_inventory(self):
         groups = {}
@@ -435,12 +446,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("--state-dir", default=".fleet")
+    parser.add_argument("--engine-only", action="store_true", help="no hosts: the engine, network, proxy and image")
     args = parser.parse_args(argv)
     fleet = Fleet(args.state_dir)
     try:
         if args.action == "up":
             Fleet(args.state_dir).down()  # a fleet left by an earlier run
-            fleet = Fleet(args.state_dir).up()
+            fleet = Fleet(args.state_dir, [] if args.engine_only else None).up()
             print("fleet up in %ss: %s" % (fleet.state["bring_up_seconds"], fleet.inventory))
         else:
             fleet.down()
