@@ -28,7 +28,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import DockerEngine, ServerError, compose_binary, release_mounts, remove_cgroups  # noqa: E402
+from servers import (DockerEngine, ServerError, alive, compose_binary, release_mounts,  # noqa: E402
+                     remove_cgroups, stop_pid)
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("RUNBOOK_FLEET_CACHE", REPO / ".deps" / "fleet"))
@@ -396,18 +396,18 @@ class Fleet:
             return
         engine_dir = Path(state["engine_dir"])
         running = self.engine is not None and self.engine.proc is not None and self.engine.proc.poll() is None
-        if not running and state.get("engine_pid") and _alive(state["engine_pid"]):
+        if not running and state.get("engine_pid") and alive(state["engine_pid"]):
             env = dict(os.environ, DOCKER_HOST="unix://%s/docker.sock" % engine_dir)
             ids = list((state.get("containers") or {}).values())
             if ids:
                 run(["docker", "rm", "-f", "-v"] + ids, check=False, env=env)
             run(["docker", "network", "rm", state.get("network") or self.network], check=False, env=env)
-            _terminate(state["engine_pid"])
+            stop_pid(state["engine_pid"], 30)
         elif running:
             self.engine.docker("network", "rm", self.network, check=False)
             self.engine.stop()
         if state.get("proxy_pid"):
-            _terminate(state["proxy_pid"])
+            stop_pid(state["proxy_pid"], 30)
         if state.get("bridge") and Path("/sys/class/net", state["bridge"]).exists():
             run(["ip", "link", "delete", state["bridge"]], check=False)
         release_mounts(engine_dir, state["data_root"])
@@ -416,30 +416,6 @@ class Fleet:
         shutil.rmtree(engine_dir, ignore_errors=True)
         if self.state_file.exists():
             self.state_file.unlink()
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, TypeError):
-        return False
-
-
-def _terminate(pid, timeout=30):
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 def main(argv=None):

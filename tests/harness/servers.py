@@ -78,7 +78,8 @@ def _give_to_service_user(path):
                 os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
-def _stop_pid(pid, timeout=10.0):
+def stop_pid(pid, timeout=10.0):
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps it when it is our child."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -377,7 +378,7 @@ def compose_binary():
 
 # --- command line for make demo: detached servers with their pids in a state file ---
 
-def _alive(pid):
+def alive(pid):
     try:
         os.kill(pid, 0)
         return True
@@ -393,10 +394,10 @@ def cmd_up(args):
     if not _port_open(args.pg_port):
         pg.start()
     state["postgres"] = pg.describe()
-    if not (state.get("redis") and _alive(state["redis"].get("pid")) and _port_open(args.redis_port)):
+    if not (state.get("redis") and alive(state["redis"].get("pid")) and _port_open(args.redis_port)):
         redis_server = RedisServer(state_dir / "redis", port=args.redis_port, password=args.redis_password).start(detach=True)
         state["redis"] = dict(redis_server.describe(), pid=redis_server.proc.pid)
-    if not (state.get("s3") and _alive(state["s3"].get("pid")) and _port_open(args.s3_port)):
+    if not (state.get("s3") and alive(state["s3"].get("pid")) and _port_open(args.s3_port)):
         s3 = S3Server(state_dir / "s3", port=args.s3_port).start(detach=True)
         state["s3"] = dict(s3.describe(), pid=s3.proc.pid)
     state_file.write_text(json.dumps(state, indent=2))
@@ -461,7 +462,7 @@ def cmd_down(args):
     PostgresServer(state_dir / "postgres", port=args.pg_port).stop()
     for name in ("redis", "s3"):
         if state.get(name, {}).get("pid"):
-            _stop_pid(state[name]["pid"])
+            stop_pid(state[name]["pid"])
     if state_file.exists():
         state_file.unlink()
     print("stopped the demo servers in %s" % state_dir)

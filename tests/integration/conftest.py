@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "tests" / "harness"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from servers import DockerEngine, PostgresServer, RedisServer, S3Server  # noqa: E402
-from pg_helpers import drop_database, make_database  # noqa: E402
+from pg_helpers import databases_like, drop_database, make_database, quoted, sql  # noqa: E402
 
 
 def _world_traversable_tmpdir(prefix):
@@ -54,6 +54,17 @@ def database(pg):
     name = make_database(pg)
     yield name
     drop_database(pg, name)
+
+
+@pytest.fixture
+def names(pg):
+    """Databases (exact names, whatever characters they hold) a test creates, dropped afterwards with their scratch
+    and previous databases."""
+    made = []
+    yield made
+    for name in made:
+        for found in [name] + databases_like(pg, name[:20]):
+            sql(pg, "postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % quoted(found))
 
 
 @pytest.fixture(scope="session")

@@ -136,8 +136,8 @@ def test_timers_run_the_modules_on_the_host_and_a_missed_backup_shows_as_stale(f
 
 
 def test_a_host_reboots_and_its_services_come_back(fleet, provisioned):
-    tasks = [{"name": "Reboot", "ansible.builtin.reboot": {"boot_time_command": "{{ fleet_reboot_boot_time_command }}",
-                                                          "reboot_timeout": 120}},
+    reboot = {"boot_time_command": "{{ fleet_reboot_boot_time_command }}", "reboot_timeout": 120}
+    tasks = [{"name": "Reboot", "ansible.builtin.reboot": reboot},
              {"name": "Wait for PostgreSQL", "ansible.builtin.wait_for": {"port": 5432, "timeout": 60}}]
     playbook = provisioned["ansible"].workdir / "reboot.yml"
     playbook.write_text(json.dumps([{"hosts": "db1", "gather_facts": False, "become": True, "tasks": tasks}]))

@@ -14,21 +14,10 @@ import time
 from pathlib import Path
 
 import psycopg2
-import pytest
 
 from pg_helpers import (BACKUP, RESTORE, backup_task, databases_like, exact_databases, make_database, quoted,
                         restore_task, sql, sql_args)
 from proc_helpers import parent_of, wait_for_process
-
-
-@pytest.fixture
-def names(pg):
-    """Databases (exact names) a test creates, dropped afterwards."""
-    made = []
-    yield made
-    for name in made:
-        for found in [name] + databases_like(pg, name[:20]):
-            sql(pg, "postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % quoted(found))
 
 
 def create(pg, names, name, seed="CREATE TABLE own (v text); INSERT INTO own VALUES ('mine')"):

@@ -18,21 +18,11 @@ import time
 from pathlib import Path
 
 import psycopg2
-import pytest
 
 from pg_helpers import BACKUP, RESTORE, backup_task, databases_like, make_database, quoted, restore_task, sql, sql_args
 from proc_helpers import module_process, parent_of, wait_for_process
 from test_health_probe import PROBE, probe_task
 from test_redis_backup_restore import BACKUP as REDIS_BACKUP, RESTORE as REDIS_RESTORE, connection, task
-
-
-@pytest.fixture
-def names(pg):
-    made = []
-    yield made
-    for name in made:
-        for found in [name] + databases_like(pg, name[:20]):
-            sql(pg, "postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % quoted(found))
 
 
 def backup(ansible, pg, db, store, **options):
@@ -288,8 +278,8 @@ def test_14_sigint_is_cleaned_up_like_sigterm(ansible, pg, tmp_path, names):
     store = {"dir": str(tmp_path / "store")}
     made = backup(ansible, pg, big, store, compression="gzip")
     finish = ansible.start(restore_task(pg, big, made["path"], store=store, force=True))
-    tool = wait_for_process(lambda argv: argv[0].endswith(b"pg_restore") and any((big + "_restore_").encode() in a
-                                                                                for a in argv))
+    scratch = (big + "_restore_").encode()
+    tool = wait_for_process(lambda argv: argv[0].endswith(b"pg_restore") and any(scratch in a for a in argv))
     time.sleep(0.3)
     os.kill(parent_of(tool), signal.SIGINT)  # this test's module: another test's may run beside it
     run = finish()

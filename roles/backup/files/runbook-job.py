@@ -1,9 +1,8 @@
-#!/usr/bin/python3
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run one scheduled runbook.ops job on this host, then write the Prometheus textfile of every job.
 
-Installed by the runbook.ops.backup role and started by its systemd timers (or cron):
+Installed by the runbook.ops.backup role and started by its systemd timers (or cron) as ``python3 runbook-job``:
 
     runbook-job /etc/runbook-ops/jobs/postgres-app.json   # run the job, record its state, write the metrics
     runbook-job --metrics                                  # only write the metrics (marks jobs stale in time)
