@@ -116,16 +116,24 @@ doc: install
 	  echo "$$out" | grep -q "MODULE runbook.ops.$$n" || { echo "ansible-doc did not render runbook.ops.$$n:"; echo "$$out"; exit 1; }; \
 	  echo "ansible-doc runbook.ops.$$n renders"; done
 
-# The docker-driver scenarios start their hosts on the fleet harness's private engine and network (fleet.env);
-# the engine is stopped afterwards even when a scenario fails.
+# The docker-driver scenarios start their hosts on the fleet harness's private engine and network (fleet.env); two
+# lanes run side by side (each scenario's log is in $(MOLECULE_DIR)); the engine is stopped even when one fails.
+# No `molecule reset` here: it stops every molecule container on the engine, the other lane's too (`molecule test`
+# destroys first, which resets the scenario's state anyway).
 MOLECULE_DIR ?= $(CURDIR)/.deps/molecule
+MOLECULE_LANE_A := fleet backup health_check
+MOLECULE_LANE_B := host_deps postgresql redis docker
 molecule: install
-	@# molecule keeps "prepared" state in ~/.cache across runs; reset it so prepare always runs
+	@for s in molecule/*/molecule.yml; do s=$$(basename $$(dirname $$s)); \
+	  case " $(MOLECULE_LANE_A) $(MOLECULE_LANE_B) " in *" $$s "*) ;; *) echo "scenario $$s is in no lane"; exit 1;; esac; done
 	@$(PY) tests/harness/fleet.py up --engine-only --state-dir $(MOLECULE_DIR)
-	@set -a; . $(MOLECULE_DIR)/fleet.env; set +a; status=0; \
-	  for s in molecule/*/; do s=$$(basename $$s); test -f molecule/$$s/molecule.yml || continue; \
-	    $(BIN)/molecule reset -s $$s >/dev/null 2>&1; $(BIN)/molecule test -s $$s || { status=1; break; }; done; \
-	  $(PY) tests/harness/fleet.py down --state-dir $(MOLECULE_DIR); exit $$status
+	@set -a; . $(MOLECULE_DIR)/fleet.env; set +a; \
+	  lane() { for s in "$$@"; do \
+	    if $(BIN)/molecule test -s $$s > $(MOLECULE_DIR)/$$s.log 2>&1; then echo "molecule $$s: passed"; \
+	    else echo "molecule $$s: FAILED"; tail -80 $(MOLECULE_DIR)/$$s.log; return 1; fi; done; }; \
+	  lane $(MOLECULE_LANE_A) & a=$$!; lane $(MOLECULE_LANE_B) & b=$$!; \
+	  wait $$a; sa=$$?; wait $$b; sb=$$?; \
+	  $(PY) tests/harness/fleet.py down --state-dir $(MOLECULE_DIR); test $$sa -eq 0 -a $$sb -eq 0
 
 bench: install
 	@test -d $(CURDIR)/.deps/bench-ansible/ansible_collections/community/postgresql || \

@@ -23,6 +23,8 @@ RUNBOOK_FLEET_COMPOSE) for molecule's docker driver, which starts its own hosts 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -173,12 +175,27 @@ def free_port(host, first=3142, last=3199):
     raise ServerError("no free port in %d-%d on %s" % (first, last, host))
 
 
+@contextlib.contextmanager
+def cache_lock(name):
+    """An exclusive lock on a file under the cache, across processes (two fleets may come up at once)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / (name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 class AptProxy:
-    """A private apt-cacher-ng on the bridge gateway, fetching from this machine's own mirror; its cache persists."""
+    """A private apt-cacher-ng on the bridge gateway, fetching from this machine's own mirror.
+
+    Its cache under .deps/fleet persists across runs, owned by one apt-cacher-ng at a time: the shared cache's lock is
+    held by the apt-cacher-ng process itself (inherited descriptor), and a proxy that finds it taken (another fleet
+    running) uses a cache of its own in the state directory.
+    """
 
     def __init__(self, state_dir, address, mirror, security):
         self.dir = Path(state_dir) / "apt-proxy"
         self.cache = CACHE / "apt-cache"
+        self.lock = None
         self.address = address
         self.port = free_port(address)
         self.mirror, self.security = mirror, security
@@ -192,6 +209,12 @@ class AptProxy:
         binary = shutil.which("apt-cacher-ng") or "/usr/sbin/apt-cacher-ng"
         if not Path(binary).exists():
             raise ServerError("apt-cacher-ng is not installed: apt-get install apt-cacher-ng (make deps does it)")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        self.lock = open(CACHE / "apt-cache.lock", "a")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.cache = self.dir / "cache"
         for path in (self.dir / "log", self.cache):
             path.mkdir(parents=True, exist_ok=True)
         try:
@@ -207,7 +230,8 @@ class AptProxy:
         ]) + "\n")
         with open(self.dir / "stdout.log", "ab") as log:
             proc = subprocess.Popen([binary, "-c", str(self.dir)], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=[self.lock.fileno()])
+        self.lock.close()  # apt-cacher-ng holds it now, for as long as it runs
         self.pid = proc.pid
         on_started(proc.pid)
         deadline = time.monotonic() + 20
@@ -251,6 +275,7 @@ class Fleet:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         short = Path(tempfile.mkdtemp(prefix="rbf-", dir="/tmp"))  # socket and exec paths must stay short
         self.engine = DockerEngine(short, data_root=self.state_dir / "engine")
+        self.engine.log = self.state_dir / "dockerd.log"  # kept after teardown, for a failed run
         self.network = "runbook-fleet-%s" % short.name[4:]
         self.state.update(engine_dir=str(short), data_root=str(self.engine.data_root),
                           cgroup_parent=self.engine.cgroup_parent, network=self.network)
@@ -268,8 +293,9 @@ class Fleet:
             self.proxy = AptProxy(self.state_dir, gateway, *host_mirrors())
             self.state.update(subnet=str(self.subnet), gateway=gateway, proxy=self.proxy.url)
             self.proxy.start(on_started=self.record_proxy)
-            self.ensure_key()
-            self.ensure_image()
+            with cache_lock("image"):
+                self.ensure_key()
+                self.ensure_image()
             addresses = list(self.subnet.hosts())[10:]
             for index, host in enumerate(self.hosts):
                 host.setdefault("ip", str(addresses[index]))
@@ -277,7 +303,7 @@ class Fleet:
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(self.start_host, self.hosts))
             for host in self.hosts:  # one at a time: apt-cacher-ng races on index files fetched at the same instant
-                self.ssh(host, "sudo apt-get update -qq", timeout=300)
+                self.apt_update(host)
             self.write_inventory()
             self.write_env()
         except BaseException:
@@ -326,7 +352,7 @@ class Fleet:
             # the hosts ask for deb.debian.org through the proxy, which remaps it to this machine's mirror
             run(["sh", "-c", CUSTOMIZE.replace("$SUITE", SUITE), "customize", str(root), str(work / "pub"),
                  "http://deb.debian.org/debian", "http://deb.debian.org/debian-security"])
-            partial = tarball.with_suffix(".partial")
+            partial = work / "rootfs.tar"
             run(["tar", "-C", str(root), "-cf", str(partial), "."])
             partial.rename(tarball)
         finally:
@@ -350,6 +376,14 @@ class Fleet:
                 return
             time.sleep(0.1)
         raise ServerError("host %s does not accept SSH on %s after 60 s" % (host["name"], host["ip"]))
+
+    def apt_update(self, host, attempts=3):
+        """apt-get update that fails on any index it could not fetch (apt's default only warns), retried."""
+        for attempt in range(1, attempts + 1):
+            done = self.ssh(host, "sudo apt-get update -qq --error-on=any", check=attempt == attempts, timeout=300)
+            if done.returncode == 0:
+                return
+            time.sleep(2 * attempt)
 
     def ssh(self, host, command, check=True, timeout=120):
         host = host if isinstance(host, dict) else self.host(host)

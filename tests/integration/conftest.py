@@ -109,6 +109,15 @@ def fleet(tmp_path_factory):
     """db1, cache1 and two app hosts (each with its own Docker engine): systemd machines reached over SSH."""
     from fleet import DEMO, Fleet
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one fleet per run: its tests must share a worker
+        claim = tmp_path_factory.getbasetemp().parent / "fleet.worker"
+        try:
+            with open(claim, "x") as handle:
+                handle.write(os.environ["PYTEST_XDIST_WORKER"])
+        except FileExistsError:
+            pytest.fail("the fleet tests were sent to two xdist workers (%s and %s): run with --dist loadgroup on a "
+                        "pytest that keeps xdist_group (requirements-dev.txt pins it)"
+                        % (claim.read_text(), os.environ["PYTEST_XDIST_WORKER"]))
     running = Fleet(tmp_path_factory.mktemp("fleet"), DEMO).up()
     yield running
     running.down()
