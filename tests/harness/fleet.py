@@ -268,6 +268,17 @@ class Fleet:
         self.proxy = None
         self.state = {"containers": {}, "volumes": []}
 
+    @classmethod
+    def attach(cls, state_dir):
+        """A fleet another process brought up (``up --state-dir``), to run commands on; it stays up."""
+        state_file = Path(state_dir).resolve() / "fleet.json"
+        if not state_file.exists():
+            raise ServerError("no fleet in %s: python tests/harness/fleet.py up --state-dir %s" % (state_dir, state_dir))
+        state = json.loads(state_file.read_text())
+        fleet = cls(state_dir, state["hosts"])
+        fleet.state = state
+        return fleet
+
     # --- bring-up -----------------------------------------------------------------------------------
 
     def up(self):

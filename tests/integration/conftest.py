@@ -109,6 +109,9 @@ def fleet(tmp_path_factory):
     """db1, cache1 and two app hosts (each with its own Docker engine): systemd machines reached over SSH."""
     from fleet import DEMO, Fleet
 
+    if os.environ.get("RUNBOOK_FLEET_REUSE"):  # development: a fleet already up (make demo-fleet), left running
+        yield Fleet.attach(os.environ["RUNBOOK_FLEET_REUSE"])
+        return
     if os.environ.get("PYTEST_XDIST_WORKER"):  # one fleet per run: its tests must share a worker
         claim = tmp_path_factory.getbasetemp().parent / "fleet.worker"
         try:

@@ -135,6 +135,118 @@ def test_timers_run_the_modules_on_the_host_and_a_missed_backup_shows_as_stale(f
     assert recovered["last_result"] == 1 and recovered["stale"] == 0 and recovered["last_size_bytes"] > 0
 
 
+APP_TEMPLATE = """services:
+  web:
+    image: "runbook-app:{{ compose_app_version }}"
+    command: [httpd, -f, -p, "8080", -h, /www]
+    ports: ["8080:8080"]
+    stop_grace_period: 2s
+    healthcheck:
+      test: [CMD, wget, -q, -O, /dev/null, "http://127.0.0.1:8080/health/"]
+      interval: 1s
+"""
+
+
+def app_images(ansible, fleet):
+    """Three versions of a busybox web app built inside each app host's own engine; v2 reports itself unhealthy."""
+    tasks = [{"name": "Install the engine", "ansible.builtin.include_role": {"name": "runbook.ops.docker"}},
+             {"name": "Create the build directory", "ansible.builtin.file": {"path": "/root/app", "state": "directory",
+                                                                               "mode": "0755"}},
+             {"name": "Copy busybox", "ansible.builtin.copy": {"src": "/bin/busybox", "dest": "/root/app/busybox",
+                                                                "mode": "0755"}}]
+    for version, status in (("v1", "healthy"), ("v2", "unhealthy"), ("v3", "healthy")):
+        tasks += [
+            {"name": "Create the pages of %s" % version, "ansible.builtin.file": {
+                "path": "/root/app/www-%s/health" % version, "state": "directory", "mode": "0755"}},
+            {"name": "Write the page of %s" % version, "ansible.builtin.copy": {
+                "dest": "/root/app/www-%s/health/index.html" % version,
+                "content": json.dumps({"status": status, "version": version}), "mode": "0644"}},
+            {"name": "Build %s" % version, "ansible.builtin.shell": (
+                "cd /root/app && printf 'FROM scratch\\nCOPY busybox /bin/busybox\\nRUN [\"/bin/busybox\", "
+                "\"--install\", \"-s\", \"/bin\"]\\nCOPY www-%s /www\\nENV PATH=/bin\\n' > Dockerfile.%s && "
+                "docker build -q -t runbook-app:%s -f Dockerfile.%s ." % (version, version, version, version)),
+             "changed_when": True}]
+    playbook = ansible.workdir / "app_images.yml"
+    playbook.write_text(json.dumps([{"hosts": "app", "gather_facts": True, "become": True, "tasks": tasks}]))
+    run = play(ansible, fleet, playbook=playbook)
+    assert run.rc == 0, run
+
+
+def served(fleet, host):
+    from urllib.request import urlopen
+    try:
+        with urlopen("http://%s:8080/health/" % fleet.host(host)["ip"], timeout=5) as response:
+            return json.loads(response.read())["version"]
+    except OSError as exc:
+        return "down: %s" % exc
+
+
+def releases(fleet, host):
+    out = fleet.ssh(host, "sudo cat /opt/shop/releases.json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else []
+
+
+def marks(fleet):
+    return fleet.ssh("db1", "sudo -u postgres psql -d app -Atc 'SELECT m FROM marks ORDER BY m'").stdout.split()
+
+
+def test_deploys_are_gated_a_bad_release_rolls_back_and_a_rollback_restores_its_backup(fleet, provisioned):
+    ansible = provisioned["ansible"]
+    app_images(ansible, fleet)
+    template = ansible.workdir / "shop.compose.yaml.j2"
+    template.write_text(APP_TEMPLATE)
+    common = {"compose_app_name": "shop", "compose_app_template": str(template), "compose_app_health_deadline": 8,
+              "compose_app_health_targets": [{"name": "web", "type": "http",
+                                              "url": "http://{{ ansible_host }}:8080/health/",
+                                              "json": {"status": "healthy"}}]}
+    deploy = REPO / "playbooks" / "deploy.yml"
+
+    def deploy_version(version, backup=False):
+        return play(ansible, fleet, playbook=deploy,
+                    extra_vars=dict(common, compose_app_version=version, deploy_backup=backup))
+
+    first = deploy_version("v1")
+    assert first.rc == 0, first
+    assert served(fleet, "app1") == "v1" and served(fleet, "app2") == "v1"
+
+    # v2 fails its gate on app1: rolled back there, app2 never touched, the play fails with a summary
+    bad = deploy_version("v2")
+    assert bad.rc != 0
+    summary = bad.task("Stop the rollout with a summary")
+    assert summary["host"] == "app1"
+    assert "app1: release v2 failed" in summary["result"]["msg"] and "failed targets: web" in summary["result"]["msg"]
+    assert "rolled back to v1, which is healthy" in summary["result"]["msg"]
+    assert not [r for r in bad.results if r["host"] == "app2" and r["task"] != "Gathering Facts"]
+    assert served(fleet, "app1") == "v1" and served(fleet, "app2") == "v1"
+    history = releases(fleet, "app1")
+    assert [(e["version"], e["rolled_back"]) for e in history] == [("v1", False), ("v2", True), ("v1", False)]
+    assert history[-1]["rolled_back_from"] == "v2"
+    assert [e["version"] for e in releases(fleet, "app2")] == ["v1"]
+    assert fleet.ssh("app2", "test -e /opt/shop/releases/v2", check=False).returncode != 0
+
+    # a good version with a pre-deploy backup reaches both hosts; the same deploy again changes nothing
+    fleet.ssh("db1", "sudo -u postgres psql -d app -qc 'CREATE TABLE IF NOT EXISTS marks (m text)' "
+                     "-c \"INSERT INTO marks VALUES ('before-v3')\"")
+    good = deploy_version("v3", backup=True)
+    assert good.rc == 0, good
+    assert served(fleet, "app1") == "v3" and served(fleet, "app2") == "v3"
+    recorded = releases(fleet, "app2")[-1]
+    assert recorded["version"] == "v3" and recorded["backup"]["backups"][0]["db"] == "app"
+    again = deploy_version("v3")
+    assert again.rc == 0, again
+    assert [r for r in changed(again) if not r.startswith("db1")] == []
+
+    # the release's migration wrote data; rolling back restores the backup taken before it
+    fleet.ssh("db1", "sudo -u postgres psql -d app -qc \"INSERT INTO marks VALUES ('after-v3')\"")
+    assert marks(fleet) == ["after-v3", "before-v3"]
+    back = play(ansible, fleet, playbook=REPO / "playbooks" / "rollback.yml", extra_vars=dict(
+        common, rollback_restore_db=True))
+    assert back.rc == 0, back
+    assert served(fleet, "app1") == "v1" and served(fleet, "app2") == "v1"
+    assert marks(fleet) == ["before-v3"]
+    assert [e["version"] for e in releases(fleet, "app1")][-2:] == ["v3", "v1"]
+
+
 def test_a_host_reboots_and_its_services_come_back(fleet, provisioned):
     reboot = {"boot_time_command": "{{ fleet_reboot_boot_time_command }}", "reboot_timeout": 120}
     tasks = [{"name": "Reboot", "ansible.builtin.reboot": reboot},
