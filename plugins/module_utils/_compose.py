@@ -21,6 +21,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._module import merge_s
 from ansible_collections.runbook.ops.plugins.module_utils._process import run_tool
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
+_PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
@@ -54,8 +55,11 @@ def go_duration(text):
 
 def resolve_command(compose_command, env, timeout=30):
     """The Compose CLI as an argv prefix: ``docker compose`` (v2) when it answers, else ``docker-compose``."""
-    if compose_command and compose_command != "auto":
-        argv = shlex.split(compose_command)
+    if compose_command is not None and compose_command != "auto":
+        try:
+            argv = shlex.split(compose_command)
+        except ValueError as exc:
+            raise OpsError("compose_command %r cannot be read as a command line: %s" % (compose_command, exc))
         if not argv:
             raise OpsError("compose_command is empty: leave it out (auto) or give e.g. 'docker compose'")
         return _answers(argv, env, timeout, required=True)
@@ -85,16 +89,24 @@ class ComposeProject:
     """One Compose project: the CLI that drives it and the model it parses to."""
 
     def __init__(self, params):
-        self.params = params
+        # paths are made absolute here, where they are checked: Compose runs from / and must see the same files
+        self.params = dict(params, project_src=params.get("project_src") and os.path.abspath(params["project_src"]),
+                           files=[os.path.abspath(f) for f in params.get("files") or []])
         self.env = engine_env(params.get("docker_host"))
-        self.timeout = params.get("command_timeout") or 600
-        src = params.get("project_src")
+        self.timeout = params.get("command_timeout")
+        if self.timeout is None or self.timeout <= 0:
+            raise OpsError("command_timeout must be > 0 seconds, not %s" % self.timeout)
+        name = params.get("project_name")
+        if name is not None and not _PROJECT_NAME.match(name):
+            raise OpsError("project_name %r is not a Compose project name: lowercase letters, digits, '_' and '-', "
+                           "starting with a letter or digit" % name)
+        src = self.params["project_src"]
         if src and not os.path.isdir(src):
             raise OpsError("project_src %s is not a directory" % src)
-        for path in params.get("files") or []:
+        for path in self.params["files"]:
             if not os.path.isfile(path):
                 raise OpsError("the Compose file %s does not exist" % path)
-        self.command = resolve_command(params.get("compose_command"), self.env)
+        self.command = resolve_command(params.get("compose_command"), self.env, min(30, self.timeout))
         self.model = self._config()
         self.name = self.model.get("name") or params.get("project_name")
         if not self.name:
@@ -115,7 +127,9 @@ class ComposeProject:
 
     def _config(self):
         try:
-            out = self.run("config", "--format", "json", what="the Compose project does not parse; compose config")
+            # every profile: a service of an inactive profile is still the project's, and may be running
+            out = self.run("--profile", "*", "config", "--format", "json",
+                           what="the Compose project does not parse; compose config")
         except OpsError as exc:
             raise exc.extend("fix the Compose file(s); nothing was changed")
         try:

@@ -11,17 +11,23 @@ planned containers with their stop signal and grace period, then removes them (n
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.runbook.ops.plugins.module_utils._compose import ComposeProject, project_argspec_ex
 from ansible_collections.runbook.ops.plugins.module_utils._docker import api_error, compose_containers, connect, describe
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, Terminated
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 from ansible_collections.runbook.ops.plugins.module_utils._retry import Deadline
 
 LIVE = ("running", "restarting", "paused")
 STOP_WORKERS = 8
+MAX_REPLICAS = 10000
+# a container without a healthcheck counts as ready once it has run this long without a restart (a crash loop with
+# a restart policy is "running" for an instant every time)
+SETTLE_SECONDS = 2.0
 
 
 def argspec_ex():
@@ -39,11 +45,15 @@ def replicas_wanted(services):
         raise OpsError("services is empty: give each service to scale and its replicas, e.g. {backend: 3}")
     wanted = {}
     for name, count in services.items():
-        if isinstance(count, bool) or not (isinstance(count, int) or (isinstance(count, str) and count.isdigit())):
+        if isinstance(count, bool) or not (isinstance(count, int) or
+                                           (isinstance(count, str) and re.fullmatch(r"[0-9]+", count.strip()))):
             raise OpsError("services.%s: the replica count must be a whole number >= 0, not %r" % (name, count))
         wanted[str(name)] = int(count)
         if wanted[str(name)] < 0:
             raise OpsError("services.%s: the replica count must be >= 0, not %d" % (name, wanted[str(name)]))
+        if wanted[str(name)] > MAX_REPLICAS:
+            raise OpsError("services.%s: %d replicas is more than %d on one engine; refusing what looks like a typo"
+                           % (name, wanted[str(name)], MAX_REPLICAS))
     return wanted
 
 
@@ -75,6 +85,8 @@ def plan_changes(plan):
 def not_ready(container):
     """Why a container is not ready yet (None when it is running and, with a healthcheck, healthy)."""
     if container["state"] != "running":
+        if container["state"] in ("exited", "dead") and container.get("exit_code") is not None:
+            return "%s with code %s" % (container["state"], container["exit_code"])
         return container["state"]
     if container["health"] not in ("none", "healthy"):
         if container["last_health_exit_code"] is None:
@@ -90,13 +102,32 @@ def cannot_recover(container):
     return container["state"] in ("exited", "dead") and container["restart_policy"] == "no"
 
 
+class Settling:
+    """Containers without a healthcheck are ready only after SETTLE_SECONDS running without a restart."""
+
+    def __init__(self, seconds=SETTLE_SECONDS, clock=time.monotonic):
+        self.seconds = seconds
+        self.clock = clock
+        self.since = {}
+
+    def why_not(self, container):
+        reason = not_ready(container)
+        if reason or container["health"] != "none":
+            return reason
+        run = (container["id"], container.get("started_at"), container.get("restart_count"))
+        first = self.since.setdefault(run, self.clock())
+        if self.clock() - first < self.seconds:
+            return "running for less than %gs (restarted %s times)" % (self.seconds, container.get("restart_count", 0))
+        return None
+
+
 class ComposeScale:
     def __init__(self, module, params):
         self.module = module
         self.params = params
         self.started = time.monotonic()
         self.wanted = replicas_wanted(params["services"])
-        if params["wait_timeout"] <= 0:
+        if params["wait"] and params["wait_timeout"] <= 0:
             raise OpsError("wait_timeout must be > 0 seconds, not %d" % params["wait_timeout"])
         if params.get("stop_timeout") is not None and params["stop_timeout"] < 0:
             raise OpsError("stop_timeout must be >= 0 seconds, not %d" % params["stop_timeout"])
@@ -132,11 +163,22 @@ class ComposeScale:
                                             "containers": self.current(name)}
             result["duration_seconds"] = self._elapsed()
             return result
-        removed = self._scale_down(plans) if any(p["remove"] for p in plans.values()) else {}
-        up = sorted(n for n, p in plans.items() if p["start"] or p["create"])
-        if up:
-            self._up(up, result, removed)
-        containers = self._wait(result, removed) if self.params["wait"] else {n: self.current(n) for n in plans}
+        removed = {}
+        try:
+            if any(p["remove"] for p in plans.values()):
+                removed = self._scale_down(plans)
+            up = sorted(n for n, p in plans.items() if p["start"] or p["create"])
+            if up:
+                self._up(up, result, removed)
+            containers = self._wait(result, removed) if self.params["wait"] else {n: self.current(n) for n in plans}
+        except OpsError as exc:  # after a change began, the failure says so, with what was already done
+            raise exc.extend("", changed=result["changed"], project_name=self.project.name,
+                             removed=exc.details.get("removed", removed), duration_seconds=self._elapsed())
+        except Terminated as exc:
+            exc.details.update(changed=result["changed"], project_name=self.project.name, removed=removed,
+                               note="stopped by a signal while scaling; containers already stopped stay stopped, "
+                                    "run the task again to reach the planned replicas")
+            raise
         for name, plan in plans.items():
             result["services"][name] = {"before": plan["before"], "after": plan["after"], "created": plan["create"],
                                         "started": plan["start"], "removed": removed.get(name, []),
@@ -174,13 +216,16 @@ class ComposeScale:
             if entry["running"]:
                 # the engine sends the container's stop signal (SIGTERM unless the service sets stop_signal) and
                 # SIGKILL only after the grace period: a Celery worker finishes its tasks (warm shutdown)
-                self.client.api.stop(entry["id"], timeout=int(round(grace)))
+                self.client.api.stop(entry["id"], timeout=int(math.ceil(grace)))
             state = self.client.api.inspect_container(entry["id"]).get("State", {})
             outcome.update(exit_code=state.get("ExitCode"), stop_seconds=round(time.monotonic() - started, 3),
                            killed_after_grace=bool(entry["running"] and state.get("ExitCode") == 137))
             self.client.api.remove_container(entry["id"], v=False)
         except Exception as exc:
-            outcome["error"] = api_error("cannot stop and remove %s" % entry["name"], exc).message
+            if getattr(exc, "status_code", None) in (404, 409):  # gone, or being removed by someone else: done
+                outcome.update(stop_seconds=round(time.monotonic() - started, 3), removed_by_another=True)
+            else:
+                outcome["error"] = api_error("cannot stop and remove %s" % entry["name"], exc).message
         return outcome
 
     def _up(self, services, result, removed):
@@ -197,20 +242,22 @@ class ComposeScale:
         """Poll the engine until every container of the services is running and healthy, up to wait_timeout."""
         timeout = self.params["wait_timeout"]
         deadline = Deadline(timeout)
+        settling = Settling()
         while True:
             containers = {name: self.current(name) for name in self.wanted}
-            waiting = [c for cs in containers.values() for c in cs if not_ready(c)]
-            short = [n for n, cs in containers.items() if len(cs) < self.wanted[n]]
+            reasons = {c["id"]: settling.why_not(c) for cs in containers.values() for c in cs}
+            waiting = [c for cs in containers.values() for c in cs if reasons[c["id"]]]
+            short = [n for n, cs in containers.items() if len(cs) != self.wanted[n]]
             if not waiting and not short:
                 return containers
             hopeless = [c for c in waiting if cannot_recover(c)]
             if hopeless or deadline.passed():
                 why = "exited and no restart policy brings them back" if hopeless else \
                     "did not become ready within wait_timeout (%ds)" % timeout
-                names = "; ".join("%s (%s)" % (c["name"], not_ready(c)) for c in (hopeless or waiting))
+                names = "; ".join("%s (%s)" % (c["name"], reasons[c["id"]]) for c in (hopeless or waiting))
                 if short:
-                    names += "; " + "; ".join("%s has %d of %d replicas" % (n, len(containers[n]), self.wanted[n])
-                                              for n in short)
+                    names += ("; " if names else "") + "; ".join(
+                        "%s has %d containers, not %d" % (n, len(containers[n]), self.wanted[n]) for n in short)
                 raise OpsError("%s %s: %s" % ("these containers" if waiting else "the services", why, names),
                                changed=result["changed"], project_name=self.project.name, removed=removed,
                                services={n: {"containers": cs} for n, cs in containers.items()},

@@ -52,15 +52,13 @@ def api_error(what, exc):
 
 def compose_containers(client, project, service=None):
     """The project's containers (not one-off `run` containers), inspected, with their compose labels."""
-    labels = ["%s=%s" % (PROJECT, project)]
+    labels = ["%s=%s" % (PROJECT, project), "%s=False" % ONEOFF]  # as Compose selects them: strays not counted
     if service is not None:
         labels.append("%s=%s" % (SERVICE, service))
     try:
         listed = client.api.containers(all=True, filters={"label": labels})
         found = []
         for summary in listed:
-            if summary.get("Labels", {}).get(ONEOFF, "False") == "True":
-                continue
             try:
                 found.append(client.api.inspect_container(summary["Id"]))
             except Exception as exc:
@@ -84,12 +82,13 @@ def describe(inspected):
         "name": inspected.get("Name", "").lstrip("/"),
         "id": inspected.get("Id", "")[:12],
         "service": labels.get(SERVICE),
-        "number": int(labels.get(NUMBER, "0") or 0),
+        "number": int(labels[NUMBER]) if labels.get(NUMBER, "").isdigit() else 0,
         "state": state.get("Status", "unknown"),
         "health": health.get("Status") or "none",
         "last_health_output": (log[-1].get("Output") or "").strip()[-500:] if log else "",
         "last_health_exit_code": log[-1].get("ExitCode") if log else None,
         "exit_code": state.get("ExitCode"),
         "started_at": state.get("StartedAt"),
+        "restart_count": inspected.get("RestartCount", 0),
         "restart_policy": (inspected.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no",
     }

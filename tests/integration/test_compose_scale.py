@@ -23,6 +23,9 @@ def compose_file(path, image, services):
         lines += ["  %s:" % name, "    image: %s" % image, "    init: false",
                   "    command: [sh, -c, %r]" % spec.get("command", WORKER),
                   "    stop_grace_period: %s" % spec.get("grace", "10s")]
+        for key in ("restart", "profiles"):
+            if spec.get(key):
+                lines.append("    %s: %s" % (key, spec[key]))
         if spec.get("health", True):
             lines += ["    healthcheck:", "      test: %s" % spec.get("test", '["CMD", "test", "-f", "/ready"]'),
                       "      interval: 500ms", "      timeout: 2s", "      retries: %d" % spec.get("retries", 1)]
@@ -184,7 +187,7 @@ def test_an_exited_container_without_restart_policy_fails_the_wait_at_once(ansib
     run = ansible.play(scale_task(docker_engine, src, {"job": 1}, wait_timeout=60))
     assert run.rc != 0
     result = run.task(SCALE)["result"]
-    assert "exited and no restart policy brings them back: crash-job-1 (exited)" in result["msg"]
+    assert "exited and no restart policy brings them back: crash-job-1 (exited with code 3)" in result["msg"]
     assert result["duration_seconds"] < 30
 
 
@@ -199,6 +202,12 @@ BAD = {
     "container_name with replicas": ({"pinned": 2}, {}, "service pinned sets container_name 'badinput-pinned'"),
     "a compose_command that does not work": ({"web": 1}, {"compose_command": "/bin/false"},
                                              "compose_command '/bin/false' does not work"),
+    "a compose_command that is not a command line": ({"web": 1}, {"compose_command": "'unclosed"},
+                                                     "cannot be read as a command line"),
+    "a superscript digit as count": ({"web": "\u00b3"}, {}, "the replica count must be a whole number"),
+    "a count that looks like a typo": ({"web": 99999999}, {}, "refusing what looks like a typo"),
+    "a project name Compose refuses": ({"web": 1}, {"project_name": "Bad Name"}, "is not a Compose project name"),
+    "a command_timeout of zero": ({"web": 1}, {"command_timeout": 0}, "command_timeout must be > 0 seconds"),
 }
 
 
@@ -214,3 +223,68 @@ def test_bad_input_fails_before_anything_changes(ansible, docker_engine, image, 
     assert message in result["msg"], result["msg"]
     assert not result.get("changed")
     assert containers(docker_engine, "badinput", "web") == [] and containers(docker_engine, "badinput", "pinned") == []
+
+
+def test_a_crash_looping_service_does_not_pass_the_wait(ansible, docker_engine, image, project):
+    """No healthcheck and restart: always - "running" for an instant on every restart is not ready."""
+    src = project("crashloop", {"loop": {"command": "sleep 0.3; echo boom; exit 3", "health": False,
+                                         "restart": "always"}}, image)
+    run = ansible.play(scale_task(docker_engine, src, {"loop": 1}, wait_timeout=6))
+    assert run.rc != 0
+    result = run.task(SCALE)["result"]
+    assert result["changed"] is True and "did not become ready within wait_timeout (6s)" in result["msg"]
+    assert "crashloop-loop-1" in result["msg"]
+
+
+def test_a_service_without_healthcheck_is_ready_once_it_keeps_running(ansible, docker_engine, image, project):
+    src = project("steady", {"plain": {"health": False}}, image)
+    run = ansible.play(scale_task(docker_engine, src, {"plain": 2}, wait_timeout=20))
+    assert run.rc == 0, run
+    assert [c["state"] for c in run.task(SCALE)["result"]["services"]["plain"]["containers"]] == ["running"] * 2
+
+
+def test_containers_compose_does_not_own_are_not_counted(ansible, docker_engine, image, project):
+    """A container that only carries the project and service labels is not a replica (Compose ignores it too)."""
+    src = project("strays", {"web": {}}, image)
+    assert ansible.play(scale_task(docker_engine, src, {"web": 1})).rc == 0
+    docker_engine.docker("run", "-d", "--name", "strays-impostor", "--label", "com.docker.compose.project=strays",
+                         "--label", "com.docker.compose.service=web", "--label",
+                         "com.docker.compose.container-number=abc", image, "sleep", "1000")
+    try:
+        run = ansible.play(scale_task(docker_engine, src, {"web": 2}))
+        assert run.rc == 0, run
+        web = run.task(SCALE)["result"]["services"]["web"]
+        assert (web["before"], web["created"]) == (1, 1) and len(web["containers"]) == 2
+        assert "strays-impostor" not in [c["name"] for c in web["containers"]]
+    finally:
+        docker_engine.docker("rm", "-f", "strays-impostor")
+
+
+def test_a_service_of_an_inactive_profile_can_be_scaled(ansible, docker_engine, image, project):
+    src = project("profiled", {"web": {}, "debug": {"profiles": "[debug]"}}, image)
+    up = ansible.play(scale_task(docker_engine, src, {"debug": 2}))
+    assert up.rc == 0, up
+    assert len(containers(docker_engine, "profiled", "debug")) == 2 and containers(docker_engine, "profiled", "web") == []
+    down = ansible.play(scale_task(docker_engine, src, {"debug": 0}))
+    assert down.rc == 0, down
+    assert containers(docker_engine, "profiled", "debug") == []
+
+
+def test_a_grace_period_under_a_second_is_not_a_sigkill(ansible, docker_engine, image, project):
+    src = project("quick", {"worker": {"command": "trap 'sleep 0.2; exit 0' TERM; touch /ready; "
+                                                  "while true; do sleep 0.1; done", "grace": "500ms"}}, image)
+    assert ansible.play(scale_task(docker_engine, src, {"worker": 1})).rc == 0
+    down = ansible.play(scale_task(docker_engine, src, {"worker": 0}))
+    assert down.rc == 0, down
+    [removed] = down.task(SCALE)["result"]["services"]["worker"]["removed"]
+    assert removed["exit_code"] == 0 and removed["killed_after_grace"] is False
+
+
+def test_two_scale_downs_at_once_both_succeed(ansible, docker_engine, image, project):
+    src = project("racing", {"worker": {}}, image)
+    assert ansible.play(scale_task(docker_engine, src, {"worker": 4})).rc == 0
+    first = ansible.start(scale_task(docker_engine, src, {"worker": 1}))
+    second = ansible.start(scale_task(docker_engine, src, {"worker": 1}))
+    for run in (first(), second()):
+        assert run.rc == 0, run
+    assert [c[0] for c in containers(docker_engine, "racing", "worker")] == ["racing-worker-1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._compose import go_duration
-from ansible_collections.runbook.ops.plugins.module_utils._compose_scale import (cannot_recover, not_ready,
+from ansible_collections.runbook.ops.plugins.module_utils._compose_scale import (Settling, cannot_recover, not_ready,
                                                                                  plan_service, replicas_wanted)
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
@@ -54,6 +54,9 @@ def test_scaling_to_zero_removes_everything():
     ({"web": True}, "whole number"),
     ({"web": 1.5}, "whole number"),
     ({"web": "2x"}, "whole number"),
+    ({"web": "\u00b3"}, "whole number"),
+    ({"web": "\u0663"}, "whole number"),
+    ({"web": 10001}, "looks like a typo"),
 ])
 def test_bad_counts_are_refused(services, message):
     with pytest.raises(OpsError, match=message):
@@ -82,5 +85,21 @@ def test_readiness_reasons_name_the_state_and_the_last_health_output():
     assert not_ready(box(1, health="starting", exit_code=None)) == "running, starting"
     assert not_ready(box(1, health="unhealthy", output="db down", exit_code=1)) == \
         "running, unhealthy: last check exited 1: db down"
-    assert not_ready(box(1, "exited")) == "exited"
+    assert not_ready(dict(box(1, "exited"), exit_code=3)) == "exited with code 3"
     assert cannot_recover(box(1, "exited")) and not cannot_recover(box(1, "exited", restart="unless-stopped"))
+
+
+def test_a_container_without_healthcheck_must_run_a_while_without_restarting():
+    now = [0.0]
+    settling = Settling(seconds=2, clock=lambda: now[0])
+    first = dict(box(1, health="none"), started_at="t0", restart_count=0)
+    assert "less than 2s" in settling.why_not(first)
+    now[0] = 2.5
+    assert settling.why_not(first) is None
+    # a crash loop restarts it: the clock starts again for the new run
+    again = dict(first, started_at="t1", restart_count=1)
+    assert "restarted 1 times" in settling.why_not(again)
+    now[0] = 3.0
+    assert settling.why_not(again) is not None
+    # a healthcheck is its own proof
+    assert settling.why_not(dict(box(2), started_at="t0", restart_count=0)) is None
