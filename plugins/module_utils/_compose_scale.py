@@ -23,7 +23,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._module import merge_s
 from ansible_collections.runbook.ops.plugins.module_utils._retry import Deadline
 
 LIVE = ("running", "restarting", "paused")
-STOP_WORKERS = 8
+STOP_WORKERS = 32  # Compose stops a service's containers all at once, too
 MAX_REPLICAS = 10000
 # a container without a healthcheck counts as ready once it has run this long without a restart (a crash loop with
 # a restart policy is "running" for an instant every time)
@@ -262,4 +262,4 @@ class ComposeScale:
                                changed=result["changed"], project_name=self.project.name, removed=removed,
                                services={n: {"containers": cs} for n, cs in containers.items()},
                                duration_seconds=self._elapsed())
-            time.sleep(min(0.25, max(deadline.left(), 0.01)))
+            time.sleep(min(0.1, max(deadline.left(), 0.01)))
