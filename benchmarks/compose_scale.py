@@ -85,10 +85,10 @@ def main():
         def raw(replicas):
             return ["docker", "compose", "up", "-d", "--scale", "worker=%d" % replicas, "--wait", "--wait-timeout", "120"]
 
-        empty = min(timed(playbook(workdir, "empty", "    - ansible.builtin.meta: noop\n"), env) for _ in range(2))
-        ping = min(timed(playbook(workdir, "ping", "    - ansible.builtin.ping:\n"), env) for _ in range(2))
+        empty = min(timed(playbook(workdir, "empty", "    - ansible.builtin.meta: noop\n"), env) for _round in range(2))
+        ping = min(timed(playbook(workdir, "ping", "    - ansible.builtin.ping:\n"), env) for _round in range(2))
         figures = {"compose_scale": [], "docker compose": []}
-        for _ in range(ROUNDS):
+        for _round in range(ROUNDS):
             for name, argv in (("docker compose", raw), ("compose_scale", module)):
                 timed(raw(1), env, cwd=project)
                 up = timed(argv(10), env, cwd=project)

@@ -91,9 +91,8 @@ def not_ready(container):
     if container["health"] not in ("none", "healthy"):
         if container["last_health_exit_code"] is None:
             return "running, %s" % container["health"]
-        return "running, %s: last check exited %s%s" % (container["health"], container["last_health_exit_code"],
-                                                       ": %s" % container["last_health_output"]
-                                                       if container["last_health_output"] else " with no output")
+        output = ": %s" % container["last_health_output"] if container["last_health_output"] else " with no output"
+        return "running, %s: last check exited %s%s" % (container["health"], container["last_health_exit_code"], output)
     return None
 
 

@@ -98,7 +98,7 @@ def test_scale_up_and_down_four_ways_and_the_remaining_replica_never_stops(ansib
     first = ansible.play(scale_task(docker_engine, src, {"web": 1}))
     assert first.rc == 0, first
     assert first.task(SCALE)["result"]["services"]["web"]["created"] == 1
-    [(web1, web1_id, _)] = containers(docker_engine, "scaleweb", "web")
+    [(web1, web1_id, _state)] = containers(docker_engine, "scaleweb", "web")
     web1_started = inspect(docker_engine, web1, "{{.State.StartedAt}}")
 
     # check mode: the same plan, no change at all

@@ -149,11 +149,13 @@ APP_TEMPLATE = """services:
 
 def app_images(ansible, fleet):
     """Three versions of a busybox web app built inside each app host's own engine; v2 reports itself unhealthy."""
-    tasks = [{"name": "Install the engine", "ansible.builtin.include_role": {"name": "runbook.ops.docker"}},
-             {"name": "Create the build directory", "ansible.builtin.file": {"path": "/root/app", "state": "directory",
-                                                                               "mode": "0755"}},
-             {"name": "Copy busybox", "ansible.builtin.copy": {"src": "/bin/busybox", "dest": "/root/app/busybox",
-                                                                "mode": "0755"}}]
+    tasks = [
+        {"name": "Install the engine", "ansible.builtin.include_role": {"name": "runbook.ops.docker"}},
+        {"name": "Create the build directory", "ansible.builtin.file": {"path": "/root/app", "state": "directory",
+                                                                        "mode": "0755"}},
+        {"name": "Copy busybox", "ansible.builtin.copy": {"src": "/bin/busybox", "dest": "/root/app/busybox",
+                                                          "mode": "0755"}},
+    ]
     for version, status in (("v1", "healthy"), ("v2", "unhealthy"), ("v3", "healthy")):
         tasks += [
             {"name": "Create the pages of %s" % version, "ansible.builtin.file": {
