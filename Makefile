@@ -118,8 +118,8 @@ doc: install
 
 # The docker-driver scenarios start their hosts on the fleet harness's private engine and network (fleet.env); two
 # lanes run side by side (each scenario's log is in $(MOLECULE_DIR)); the engine is stopped even when one fails.
-# No `molecule reset` here: it stops every molecule container on the engine, the other lane's too (`molecule test`
-# destroys first, which resets the scenario's state anyway).
+# Each scenario starts from a fresh ephemeral directory (no stale "prepared" state). Not `molecule reset`: it stops
+# every molecule container on the engine, the other lane's too.
 MOLECULE_DIR ?= $(CURDIR)/.deps/molecule
 MOLECULE_LANE_A := fleet backup health_check
 MOLECULE_LANE_B := host_deps postgresql redis docker
@@ -128,8 +128,9 @@ molecule: install
 	  case " $(MOLECULE_LANE_A) $(MOLECULE_LANE_B) " in *" $$s "*) ;; *) echo "scenario $$s is in no lane"; exit 1;; esac; done
 	@$(PY) tests/harness/fleet.py up --engine-only --state-dir $(MOLECULE_DIR)
 	@set -a; . $(MOLECULE_DIR)/fleet.env; set +a; \
-	  lane() { for s in "$$@"; do \
-	    if $(BIN)/molecule test -s $$s > $(MOLECULE_DIR)/$$s.log 2>&1; then echo "molecule $$s: passed"; \
+	  lane() { for s in "$$@"; do rm -rf $(MOLECULE_DIR)/ephemeral/$$s; \
+	    if MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_DIR)/ephemeral/$$s $(BIN)/molecule test -s $$s \
+	      > $(MOLECULE_DIR)/$$s.log 2>&1; then echo "molecule $$s: passed"; \
 	    else echo "molecule $$s: FAILED"; tail -80 $(MOLECULE_DIR)/$$s.log; return 1; fi; done; }; \
 	  lane $(MOLECULE_LANE_A) & a=$$!; lane $(MOLECULE_LANE_B) & b=$$!; \
 	  wait $$a; sa=$$?; wait $$b; sb=$$?; \
