@@ -144,6 +144,10 @@ APP_TEMPLATE = """services:
     healthcheck:
       test: [CMD, wget, -q, -O, /dev/null, "http://127.0.0.1:8080/health/"]
       interval: 1s
+  worker:
+    image: "runbook-app:{{ compose_app_version }}"
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    stop_grace_period: 5s
 """
 
 
@@ -247,6 +251,22 @@ def test_deploys_are_gated_a_bad_release_rolls_back_and_a_rollback_restores_its_
     assert served(fleet, "app1") == "v1" and served(fleet, "app2") == "v1"
     assert marks(fleet) == ["before-v3"]
     assert [e["version"] for e in releases(fleet, "app1")][-2:] == ["v3", "v1"]
+
+    # scale.yml on the current release, gated by health; the same scale again changes nothing
+    scale = REPO / "playbooks" / "scale.yml"
+    up = play(ansible, fleet, playbook=scale, extra_vars=dict(common, scale={"worker": 3}))
+    assert up.rc == 0, up
+    assert any("worker 1 -> 3" in line for line in [r["result"].get("msg", "") for r in up.results
+                                                      if r["task"] == "Show the replicas of each service"])
+    workers = fleet.ssh("app2", "sudo docker ps -q --filter label=com.docker.compose.service=worker").stdout.split()
+    assert len(workers) == 3
+    again = play(ansible, fleet, playbook=scale, extra_vars=dict(common, scale={"worker": 3}))
+    assert again.rc == 0 and changed(again) == [], again
+    down = play(ansible, fleet, playbook=scale, extra_vars=dict(common, scale={"worker": 1}))
+    assert down.rc == 0, down
+    assert any("worker 3 -> 1 (2 stopped)" in r["result"].get("msg", "") for r in down.results
+               if r["task"] == "Show the replicas of each service")
+    assert served(fleet, "app1") == "v1"
 
 
 def test_a_host_reboots_and_its_services_come_back(fleet, provisioned):
