@@ -256,8 +256,8 @@ def test_deploys_are_gated_a_bad_release_rolls_back_and_a_rollback_restores_its_
     scale = REPO / "playbooks" / "scale.yml"
     up = play(ansible, fleet, playbook=scale, extra_vars=dict(common, scale={"worker": 3}))
     assert up.rc == 0, up
-    assert any("worker 1 -> 3" in line for line in [r["result"].get("msg", "") for r in up.results
-                                                      if r["task"] == "Show the replicas of each service"])
+    shown = [r["result"].get("msg", "") for r in up.results if r["task"] == "Show the replicas of each service"]
+    assert any("worker 1 -> 3" in line for line in shown), shown
     workers = fleet.ssh("app2", "sudo docker ps -q --filter label=com.docker.compose.service=worker").stdout.split()
     assert len(workers) == 3
     again = play(ansible, fleet, playbook=scale, extra_vars=dict(common, scale={"worker": 3}))
