@@ -9,6 +9,7 @@ import shutil
 import tarfile
 
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _pg_archive as archive
 from ansible_collections.runbook.ops.plugins.module_utils import _postgres as pg
 from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
@@ -25,7 +26,7 @@ MAX_JOBS = 64
 
 
 def argspec_ex():
-    return merge_specs(pg.connection_argspec_ex(), _backup.backup_argspec_ex(), {"argspec": dict(
+    return merge_specs(pg.connection_argspec_ex(), _container.container_argspec_ex(), _backup.backup_argspec_ex(), {"argspec": dict(
         db=dict(type="str", required=True, aliases=["login_db"]),
         format=dict(type="str", default="custom", choices=["custom", "directory", "plain"]),
         jobs=dict(type="int", default=2),
@@ -47,8 +48,11 @@ class PgBackupJob(_backup.BackupJob):
     def __init__(self, module, params, subject=None):
         super().__init__(module, params, subject or params["db"])
         self.extension = EXTENSIONS[params["format"]]
-        self.env = pg.libpq_env(params)
         self.server = {}
+
+    @property
+    def env(self):
+        return pg.libpq_env(self.params)
 
     def validate(self):
         pg.validate_connection(self.params)
@@ -56,13 +60,17 @@ class PgBackupJob(_backup.BackupJob):
         validate_jobs(self.params["jobs"])
 
     def facts(self):
+        tools = ["pg_dump", "pg_restore"] + (["pg_dumpall"] if self.params["globals"] else [])
+        container = pg.reach(self.params, tools)
         self.server = pg.database_facts(self.params, self.subject)
-        return {"server": "%s:%s" % (self.params.get("login_unix_socket") or self.params["login_host"], self.params["login_port"]),
-                "server_version": self.server["server_version"], "format": self.params["format"],
-                "db_size": self.server["size"], "tables": self.server["tables"]}
+        facts = {"server": pg.where(self.params), "server_version": self.server["server_version"],
+                 "format": self.params["format"], "db_size": self.server["size"], "tables": self.server["tables"]}
+        if container is not None:
+            facts["container"] = _container.describe(container)
+        return facts
 
     def tool(self, name):
-        return pg.tool(name, self.server["server_version_num"])
+        return pg.tool(name, self.server["server_version_num"], self.params)
 
     def produce(self, sink):
         pg_dump = self.tool("pg_dump")
@@ -71,13 +79,15 @@ class PgBackupJob(_backup.BackupJob):
             self.dump_directory(pg_dump, sink, what)
         else:
             proc.stream_command(pg.dump_argv(pg_dump, self.params["format"], self.subject), self.env, sink, what)
-        return {"tool_versions": {"pg_dump": pg.tool_version(pg_dump)}}
+        return {"tool_versions": {"pg_dump": pg.tool_version(pg_dump, self.env)}}
 
     def dump_directory(self, pg_dump, sink, what):
         """pg_dump -Fd -j N into a private scratch directory beside the store, then tar it into the sink."""
-        with st.scratch(self.store, ".pgdump-") as scratch:
-            target = os.path.join(scratch, "dump")
-            proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"], target), self.env,
+        container = _container.of(self.params)
+        with container.scratch(".pgdump-") if container else st.scratch(self.store, ".pgdump-") as scratch:
+            target = os.path.join(scratch[0] if container else scratch, "dump")
+            proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"],
+                                       container.inside(target) if container else target), self.env,
                           what + " (directory format)")
             names = sorted(os.listdir(target))
             if "toc.dat" not in names:

@@ -11,11 +11,15 @@ transaction that is rolled back on any error.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import secrets
+import shutil
 import time
 
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _pg_archive as archive
 from ansible_collections.runbook.ops.plugins.module_utils import _pg_backup
 from ansible_collections.runbook.ops.plugins.module_utils import _pg_ddl as ddl
@@ -31,7 +35,7 @@ KIND = _pg_backup.KIND
 
 
 def argspec_ex():
-    return merge_specs(pg.connection_argspec_ex(), st.store_argspec_ex(for_restore=True), {
+    return merge_specs(pg.connection_argspec_ex(), _container.container_argspec_ex(), st.store_argspec_ex(for_restore=True), {
         "argspec": dict(
             db=dict(type="str", required=True, aliases=["login_db"]),
             src=dict(type="str", required=True),
@@ -109,6 +113,8 @@ class PgRestore:
         self.version_num = None
         self.report = Report(KIND)
         self.wrote = False
+        self.container = None
+        self.container_scratch = None  # (path here, path inside) of a directory the container's tools can read
 
     # --- entry point ------------------------------------------------------------------------------
 
@@ -116,12 +122,16 @@ class PgRestore:
         validate(self.params)
         _backup.hide_passphrase(self.module, self.params)
         clock = time.monotonic()
+        self.container = pg.reach(self.params, ("pg_restore", "psql"))
+        if self.container is not None:
+            self.report.update(container=_container.describe(self.container))
         maintenance = pg.connect(self.params, self.params["maintenance_db"])
         try:
             self.version_num = maintenance.server_version
             if not self.module.check_mode:
                 ddl.drop_stale_scratch(maintenance, self.db)
-            with st.scratch(self.store, ".restore-", self.module.check_mode) as scratch_root:
+            with st.scratch(self.store, ".restore-", self.module.check_mode) as scratch_root, \
+                    self.in_container_scratch() as self.container_scratch:
                 source = _sources.resolve(self.params["src"], self.store, KIND, self.params["backup_db"] or self.db,
                                           scratch_root)
                 self.report.source(source)
@@ -162,6 +172,10 @@ class PgRestore:
         return self.report.result(False)
 
     def prepare(self, source, scratch_root, materialize):
+        if self.container_scratch:
+            scratch_root = self.container_scratch[0]  # what is materialized there, the container's tools can read
+            if source.is_directory:
+                source.path = self.visible(source.path)
         prepared = archive.prepare(source, self.secrets, scratch_root, materialize, self.tool("pg_restore"), self.env())
         self.report.prepared(prepared)
         return prepared
@@ -269,12 +283,12 @@ class PgRestore:
             stream = prepared.source.plaintext(self.secrets)
             if role:
                 stream = itertools.chain([b"SET ROLE %s;\n" % ddl.quote_ident(role).encode()], stream)
-            if archive.psql_restricts(pg.tool_version(psql[0])):
+            if archive.psql_restricts(pg.tool_version(psql[0], env)):
                 stream = archive.restricted(stream, secrets.token_hex(16))
             else:
                 warn("%s cannot turn off psql meta-commands (\\restrict needs psql 13.22, 14.19, 15.14, 16.10, 17.6 or "
                      "later); the SQL file was checked line by line instead: upgrade the PostgreSQL client"
-                     % pg.tool_version(psql[0]))
+                     % pg.tool_version(psql[0], env))
             proc.feed_command(psql, env, stream, "psql restoring into %s" % database)
             self.report.update(jobs=1)
             return
@@ -287,7 +301,7 @@ class PgRestore:
         if clean:
             self.load_clean(prepared, database, argv, psql, env, what)
             return
-        location = prepared.location
+        location = self.visible(prepared.location) if prepared.location else None
         jobs = self.params["jobs"] if location else 1
         argv += ["--dbname", pg.conninfo(database)] + (["--jobs", str(jobs)] if jobs > 1 else [])
         self.report.update(jobs=jobs)
@@ -301,7 +315,7 @@ class PgRestore:
 
         Drops of what partitions inherit are left out: PostgreSQL refuses them and drops them with the parent's.
         """
-        location = prepared.location
+        location = self.visible(prepared.location)
         clean_script = proc.command_output(argv + ["--clean", "--if-exists", "--file", "-", location], env,
                                            "pg_restore --clean")
         try:
@@ -379,4 +393,22 @@ class PgRestore:
         return pg.libpq_env(self.params)
 
     def tool(self, name):
-        return pg.tool(name, self.version_num)
+        return pg.tool(name, self.version_num, self.params)
+
+    def in_container_scratch(self):
+        if self.container is None:
+            return contextlib.nullcontext(None)
+        return self.container.scratch(".restore-")
+
+    def visible(self, path):
+        """``path`` where the tools can read it: inside the container, a copy in its scratch directory."""
+        if self.container is None:
+            return path
+        if self.container.inside(path) is None:
+            copy = os.path.join(self.container_scratch[0], os.path.basename(path.rstrip("/")) or "source")
+            if os.path.isdir(path):
+                shutil.copytree(path, copy)
+            else:
+                shutil.copyfile(path, copy)
+            path = copy
+        return path

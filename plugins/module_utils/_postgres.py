@@ -13,10 +13,12 @@ import os
 import shutil
 import subprocess
 
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
-from ansible_collections.runbook.ops.plugins.module_utils._process import feed_command
+from ansible_collections.runbook.ops.plugins.module_utils._process import feed_command, run_tool
 
 CONNECT_TIMEOUT = 10
+SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")  # where servers in containers put their socket
 
 
 def connection_argspec_ex():
@@ -68,7 +70,48 @@ def _timeout(params):
     return max(2, int(params.get("connect_timeout") or CONNECT_TIMEOUT))
 
 
+def reach(params, tools=()):
+    """The container the options name (None without one), its server's socket, and its ``tools``, checked.
+
+    Called after the options are validated and before anything is written, so a container that is missing,
+    stopped, on another host, without a server socket or without the tools fails first.
+    """
+    container = _container.resolve(params)
+    if container is None:
+        return None
+    if "pg_socket" not in container.cache:
+        container.cache["pg_socket"] = _socket_dir(container, params)
+    for name in tools:
+        if name not in container.cache:
+            container.cache[name] = tool_version(name, libpq_env(params), required=True)
+    return container
+
+
+def _socket_dir(container, params):
+    name = ".s.PGSQL.%d" % params["login_port"]
+    candidates = [params["login_unix_socket"]] if params.get("login_unix_socket") else SOCKET_DIRS
+    for directory in candidates:
+        if os.path.exists(os.path.join(container.host_path(directory), name)):
+            return directory
+    raise OpsError("no PostgreSQL socket %s in %s inside container %s: is the server up and on port %d? Give "
+                   "login_unix_socket (the socket's directory inside the container) when it is elsewhere"
+                   % (name, " or ".join(candidates), container.name, params["login_port"]))
+
+
+def where(params):
+    """The server as the operator names it: host:port, socket:port, or the container."""
+    container = _container.of(params)
+    if container is not None:
+        return "container %s" % container.name
+    return "%s:%s" % (params.get("login_unix_socket") or params["login_host"], params["login_port"])
+
+
 def libpq_env(params):
+    container = _container.of(params)
+    if container is not None:
+        return container.env(dict(PGHOST=container.cache["pg_socket"], PGPORT=params["login_port"],
+                                  PGUSER=params["login_user"], PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
+                                  PGPASSWORD=params.get("login_password") or None))
     host = params.get("login_unix_socket") or params["login_host"]
     env = dict(os.environ, PGHOST=host, PGPORT=str(params["login_port"]), PGUSER=params["login_user"],
                PGSSLMODE=params["ssl_mode"], PGCONNECT_TIMEOUT=str(_timeout(params)), PGAPPNAME="runbook.ops")
@@ -83,7 +126,11 @@ def libpq_env(params):
 
 def connect_kwargs(params, db, application_name="runbook.ops", connect_timeout=None):
     """psycopg2 connection arguments from the connection options shared by every module."""
-    kwargs = dict(host=params.get("login_unix_socket") or params.get("login_host") or "localhost",
+    container = _container.of(params)
+    host = params.get("login_unix_socket") or params.get("login_host") or "localhost"
+    if container is not None:
+        host = container.host_path(container.cache["pg_socket"])  # the server's own socket, reached from here
+    kwargs = dict(host=host,
                   port=int(params.get("login_port") or 5432), user=params.get("login_user") or "postgres",
                   dbname=db, sslmode=params.get("ssl_mode") or "prefer",
                   connect_timeout=connect_timeout or _timeout(params), application_name=application_name)
@@ -134,8 +181,13 @@ def database_facts(params, db):
             "superuser": superuser}
 
 
-def tool(name, server_version_num=None):
-    """The libpq tool for the server's major version when installed (Debian layout), else the one on PATH."""
+def tool(name, server_version_num=None, params=None):
+    """The libpq tool for the server's major version when installed (Debian layout), else the one on PATH.
+
+    In a container, the container's own tool (on its PATH): it matches its server.
+    """
+    if params is not None and _container.of(params) is not None:
+        return name
     if server_version_num:
         candidate = "/usr/lib/postgresql/%d/bin/%s" % (server_version_num // 10000, name)
         if os.access(candidate, os.X_OK):
@@ -146,7 +198,15 @@ def tool(name, server_version_num=None):
     return found
 
 
-def tool_version(path):
+def tool_version(path, env=None, required=False):
+    container = getattr(env, "container", None)
+    if container is not None:
+        try:
+            return run_tool([path, "--version"], env, "%s --version" % path, timeout=30).decode(errors="replace").strip()
+        except OpsError as exc:
+            if required:
+                raise _container.explain_exec(exc, container, path)
+            return None
     try:
         return subprocess.run([path, "--version"], capture_output=True, text=True, check=False, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):

@@ -21,10 +21,17 @@ _END = object()
 
 
 def _spawn(argv, env, **kwargs):
+    """Popen; a tool whose environment belongs to a container (``_container.ExecEnv``) runs inside it."""
+    container = getattr(env, "container", None)
+    token = None
+    if container is not None:
+        argv, env, token = container.wrap(argv, env)
     try:
-        return subprocess.Popen(argv, env=env, cwd="/", **kwargs)
+        proc = subprocess.Popen(argv, env=env, cwd="/", **kwargs)
     except OSError as exc:
         raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
+    proc.runbook_inside = (container, token) if container is not None else None
+    return proc
 
 
 def _collect(stream, into):
@@ -35,6 +42,9 @@ def _collect(stream, into):
 
 def _stop(proc):
     if proc.poll() is None:
+        if proc.runbook_inside:
+            container, token = proc.runbook_inside
+            container.kill(token)  # first: the CLI's end would close the tool's stdin, which reads as a clean end
         proc.kill()
     proc.wait()
 
@@ -103,16 +113,18 @@ def stream_command(argv, env, sink, what, idle_timeout=None, alive=None, max_sil
 
 def run_tool(argv, env, what, stdin=None, timeout=None):
     """Run a tool to completion; OpsError with the last line of its stderr unless it exits 0. Returns stdout."""
+    proc = _spawn(argv, env, stdin=stdin or subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        proc = subprocess.run(argv, env=env, cwd="/", stdin=stdin or subprocess.DEVNULL, capture_output=True,
-                              check=False, timeout=timeout)
-    except OSError as exc:
-        raise OpsError("cannot run %s: %s" % (argv[0], exc.strerror), exception=exc)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        _stop(proc)
         raise OpsError("%s did not finish in %ss and was stopped" % (what, timeout), exception=exc)
+    except BaseException:
+        _stop(proc)
+        raise
     if proc.returncode != 0:
-        raise OpsError("%s %s: %s" % (what, exit_text(proc.returncode), last_line(proc.stderr)))
-    return proc.stdout
+        raise OpsError("%s %s: %s" % (what, exit_text(proc.returncode), last_line(stderr)))
+    return stdout
 
 
 def exit_text(returncode):

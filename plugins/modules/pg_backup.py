@@ -23,6 +23,7 @@ author:
 extends_documentation_fragment:
   - runbook.ops.attributes
   - runbook.ops.postgres
+  - runbook.ops.container
   - runbook.ops.artifact_store
   - runbook.ops.artifact_store.retention
   - runbook.ops.backup

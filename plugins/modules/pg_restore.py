@@ -28,6 +28,7 @@ author:
 extends_documentation_fragment:
   - runbook.ops.attributes
   - runbook.ops.postgres
+  - runbook.ops.container
   - runbook.ops.artifact_store
 attributes:
   check_mode:

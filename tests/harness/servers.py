@@ -12,6 +12,7 @@ Command line (used by ``make demo``)::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pwd
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -323,6 +325,54 @@ class DockerEngine:
             "ENV PATH=/bin\nCMD [\"sh\"]\n")
         self.docker("build", "-q", "-t", tag, str(context))
         return tag
+
+    def build_db_image(self, tag="runbook-db:test"):
+        """A rootfs of links into this machine's /usr (mounted read-only when run) and the postgres user: real
+        PostgreSQL and Redis in containers without a registry. Run it with ``db_volumes()``."""
+        if self.docker("image", "inspect", tag, check=False).returncode == 0:
+            return tag
+        postgres = pwd.getpwnam(SERVICE_USER)
+        tarball = self.base_dir / "db-rootfs.tar"
+        with tarfile.open(tarball, "w") as tar:
+            def add(name, kind=tarfile.DIRTYPE, mode=0o755, link=None, data=None, owner=(0, 0)):
+                info = tarfile.TarInfo(name)
+                info.type, info.mode, info.linkname = kind, mode, link or ""
+                info.uid, info.gid = owner
+                info.size = len(data) if data is not None else 0
+                tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+            for link in ("bin", "sbin", "lib", "lib64"):
+                add(link, tarfile.SYMTYPE, 0o777, "usr/" + link)
+            for directory in ("usr", "etc", "var", "var/lib", "data", "proc", "sys", "dev", "run"):
+                add(directory)
+            add("tmp", mode=0o1777)
+            add("var/run", tarfile.SYMTYPE, 0o777, "/run")  # absolute, as in Debian images
+            add("run/postgresql", mode=0o2775, owner=(postgres.pw_uid, postgres.pw_gid))
+            add("var/lib/postgresql", mode=0o700, owner=(postgres.pw_uid, postgres.pw_gid))
+            for name in ("passwd", "group"):
+                add("etc/" + name, tarfile.REGTYPE, 0o644, data=Path("/etc/" + name).read_bytes())
+        self.docker("import", "--change", "ENV PATH=%s:/usr/bin:/bin" % PG_BIN, str(tarball), tag)
+        tarball.unlink()
+        return tag
+
+    @staticmethod
+    def db_volumes():
+        return ["/usr:/usr:ro"]
+
+    @staticmethod
+    def postgres_command():
+        """Entry command of a PostgreSQL container (password in its POSTGRES_PASSWORD): scram on the socket too,
+        so every tool needs PGPASSWORD."""
+        return ("set -e; [ -s /var/lib/postgresql/data/PG_VERSION ] || { printf '%s' \"$POSTGRES_PASSWORD\" > /tmp/pw; initdb -D /var/lib/postgresql/data "
+                "-U postgres --pwfile /tmp/pw --auth-local=scram-sha-256 --auth-host=scram-sha-256 --locale=C.UTF-8 "
+                ">/dev/null; rm /tmp/pw; }; exec postgres -D /var/lib/postgresql/data -c listen_addresses=127.0.0.1 "
+                "-c unix_socket_directories=/var/run/postgresql -c fsync=off")
+
+    @staticmethod
+    def redis_command():
+        """Entry command of a Redis container (password in its REDIS_PASSWORD)."""
+        return ("printf 'port 6379\\nbind 127.0.0.1\\ndir /data\\nrequirepass %s\\n' \"$REDIS_PASSWORD\" > /tmp/redis.conf; "
+                "exec redis-server /tmp/redis.conf")
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
