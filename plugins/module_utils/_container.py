@@ -66,8 +66,8 @@ def resolve(params):
 
 
 def of(params):
-    """The Container resolve() found for ``params``, or None."""
-    return _RESOLVED.get(_key(params)) if wanted(params) else None
+    """The Container ``params`` name (found on first use: never the host's server by mistake), or None."""
+    return resolve(params)
 
 
 class ExecEnv(dict):

@@ -88,14 +88,15 @@ def reach(params, tools=()):
 
 
 def _socket_dir(container, params):
-    name = ".s.PGSQL.%d" % params["login_port"]
+    port = int(params.get("login_port") or 5432)
+    name = ".s.PGSQL.%d" % port
     candidates = [params["login_unix_socket"]] if params.get("login_unix_socket") else SOCKET_DIRS
     for directory in candidates:
         if os.path.exists(os.path.join(container.host_path(directory), name)):
             return directory
     raise OpsError("no PostgreSQL socket %s in %s inside container %s: is the server up and on port %d? Give "
                    "login_unix_socket (the socket's directory inside the container) when it is elsewhere"
-                   % (name, " or ".join(candidates), container.name, params["login_port"]))
+                   % (name, " or ".join(candidates), container.name, port))
 
 
 def where(params):
@@ -109,8 +110,8 @@ def where(params):
 def libpq_env(params):
     container = _container.of(params)
     if container is not None:
-        return container.env(dict(PGHOST=container.cache["pg_socket"], PGPORT=params["login_port"],
-                                  PGUSER=params["login_user"], PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
+        return container.env(dict(PGHOST=container.cache["pg_socket"], PGPORT=params.get("login_port") or 5432,
+                                  PGUSER=params.get("login_user") or "postgres", PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
                                   PGPASSWORD=params.get("login_password") or None))
     host = params.get("login_unix_socket") or params["login_host"]
     env = dict(os.environ, PGHOST=host, PGPORT=str(params["login_port"]), PGUSER=params["login_user"],

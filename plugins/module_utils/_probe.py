@@ -39,6 +39,9 @@ _FIELDS = {
     "redis": {"login_host", "login_port", "login_user", "login_password", "db", "tls", "ca_cert",
               "validate_certs", "info"},
 }
+_CONTAINER_FIELDS = {"container", "compose_service", "project_name", "docker_host"}  # a server in a container
+for _kind in ("postgres", "redis"):
+    _FIELDS[_kind] = _FIELDS[_kind] | _CONTAINER_FIELDS
 _COMMON = {"name", "type", "timeout", "max_latency_ms", "required"}
 _DEFAULT_PORTS = {"postgres": 5432, "redis": 6379}
 
@@ -93,8 +96,10 @@ def _default_name(target_type, raw):
         return split_credentials(raw["url"])[1]
     if target_type == "tcp":
         return "%s:%s" % (raw.get("host"), raw.get("port"))
-    return "%s://%s:%s" % (target_type, raw.get("login_host") or "localhost",
-                           raw.get("login_port") or _DEFAULT_PORTS[target_type])
+    host = raw.get("login_host") or "localhost"
+    if raw.get("container") or raw.get("compose_service"):
+        host = raw.get("container") or "%s.%s" % (raw.get("project_name"), raw["compose_service"])
+    return "%s://%s:%s" % (target_type, host, raw.get("login_port") or _DEFAULT_PORTS[target_type])
 
 
 def validate_targets(targets):
@@ -122,6 +127,13 @@ def validate_targets(targets):
                 raise OpsError("%s: a tcp target needs field 'host'" % where)
             if not target.get("port"):
                 raise OpsError("%s: a tcp target needs field 'port'" % where)
+        if target.get("container") and target.get("compose_service"):
+            raise OpsError("%s: fields 'container' and 'compose_service' name the same thing; give one" % where)
+        if bool(target.get("compose_service")) != bool(target.get("project_name")):
+            raise OpsError("%s: fields 'compose_service' and 'project_name' go together" % where)
+        if target.get("tls") and (target.get("container") or target.get("compose_service")):
+            raise OpsError("%s: field 'tls' with a container: the probe connects inside the container's network; "
+                           "remove tls" % where)
         for field in ("port", "login_port"):
             if field in target and not 0 < int(target[field]) < 65536:
                 raise OpsError("%s: field '%s' is %s; a port is 1-65535" % (where, field, target[field]))
@@ -426,8 +438,12 @@ def _probe_tcp(target, deadline, watchdog):
 
 def _probe_postgres(target, deadline, watchdog):
     import psycopg2
-    from ansible_collections.runbook.ops.plugins.module_utils._postgres import connect_kwargs
+    from ansible_collections.runbook.ops.plugins.module_utils._postgres import connect_kwargs, reach
 
+    try:
+        reach(target)  # a server in a container: the container and the server's socket in it
+    except OpsError as exc:
+        return {"ok": False, "error": exc.message}
     left = deadline.left()
     params = connect_kwargs(target, target.get("db", "postgres"), "runbook.ops health_probe", max(2, int(left + 0.999)))
     params["options"] = "-c statement_timeout=%d" % max(1, int(left * 1000))
@@ -457,8 +473,12 @@ def _probe_redis(target, deadline, watchdog):
     import redis
     from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 
+    try:
+        rd.reach(target, tools=())  # a server in a container: found, and reached inside its network
+    except OpsError as exc:
+        return {"ok": False, "error": exc.message}
     params = dict(target, connect_timeout=max(deadline.left(), 0.001))
-    client = redis.Redis(**rd.client_kwargs(params, db=int(target.get("db", 0))))
+    client = rd.make_client(params, db=int(target.get("db", 0)))
     watchdog.watch(client)
     try:
         client.ping()
@@ -627,6 +647,10 @@ TARGET_OPTIONS = dict(
     query=dict(type="str"),
     tls=dict(type="bool", default=False),
     info=dict(type="dict"),
+    container=dict(type="str"),
+    compose_service=dict(type="str"),
+    project_name=dict(type="str"),
+    docker_host=dict(type="str"),
 )
 
 # Defaults that belong to one target type only; dropped from targets of the other types.

@@ -15,7 +15,9 @@ import shutil
 import socket
 import subprocess
 
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
+from ansible_collections.runbook.ops.plugins.module_utils._process import run_tool
 from ansible_collections.runbook.ops.plugins.module_utils._retry import poll
 
 CONNECT_TIMEOUT = 10
@@ -84,17 +86,69 @@ def explain(exc, params):
     return text
 
 
+def reach(params, tools=("redis-cli",)):
+    """The container the options name (None without one), with its ``tools`` checked, before anything is written."""
+    container = _container.resolve(params)
+    if container is None:
+        return None
+    if params.get("tls"):
+        raise OpsError("tls with a container: the module connects from inside the container's own network, where the "
+                       "server's plain port is used; set tls: false")
+    for name in tools:
+        if name not in container.cache:
+            try:
+                container.cache[name] = run_tool([name, "--version"], cli_env(params), "%s --version" % name,
+                                                 timeout=30).decode(errors="replace").strip()
+            except OpsError as exc:
+                raise _container.explain_exec(exc, container, name)
+    return container
+
+
+def where(params):
+    container = _container.of(params)
+    if container is not None:
+        return "container %s" % container.name
+    return "%s:%s" % (params.get("login_host") or "localhost", params.get("login_port") or 6379)
+
+
+def make_client(params, db=0, timeout=None):
+    """An unconnected redis-py client; in a container, its connections start inside the container's network."""
+    redis = library()
+    kwargs = client_kwargs(params, db, timeout)
+    container = _container.of(params)
+    if container is None:
+        return redis.Redis(**kwargs)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_container_connection(redis),
+                                                            container=container, **kwargs))
+
+
+def _container_connection(redis):
+    class ContainerConnection(redis.Connection):
+        def __init__(self, container=None, **kwargs):
+            self.runbook_container = container
+            super().__init__(**kwargs)
+
+        def _connect(self):
+            sock = self.runbook_container.connect_tcp(self.host, self.port, self.socket_connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.socket_timeout)
+            return sock
+
+    return ContainerConnection
+
+
 def client(params, db=0, timeout=None):
     """A connected client; OpsError that names the server when it is down or refuses the login."""
     redis = library()
+    conn = make_client(params, db, timeout)
     kwargs = client_kwargs(params, db, timeout)
-    conn = redis.Redis(**kwargs)
     conn.runbook_params = params
     try:
         conn.ping()
     except redis.RedisError as exc:
-        raise OpsError("cannot reach Redis at %s:%s: %s" % (kwargs["host"], kwargs["port"], explain(exc, params)),
-                       exception=exc)
+        raise OpsError("cannot reach Redis at %s%s: %s" % (
+            "%s:%s" % (kwargs["host"], kwargs["port"]), " in " + where(params) if _container.of(params) else "",
+            explain(exc, params)), exception=exc)
     return conn
 
 
@@ -127,7 +181,7 @@ def db_exists(conn, db):
 
 
 def cli_argv(params, tool="redis-cli"):
-    path = shutil.which(tool)
+    path = tool if _container.of(params) is not None else shutil.which(tool)  # in a container: its own
     if not path:
         raise OpsError("%s is not installed on the host: install the redis-tools package" % tool)
     argv = [path, "-h", params.get("login_host") or "localhost", "-p", str(params.get("login_port") or 6379)]
@@ -143,6 +197,9 @@ def cli_argv(params, tool="redis-cli"):
 
 
 def cli_env(params):
+    container = _container.of(params)
+    if container is not None:
+        return container.env({"REDISCLI_AUTH": params.get("login_password") or None})
     env = dict(os.environ)
     env.pop("REDISCLI_AUTH", None)
     if params.get("login_password"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _process as proc
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import codec
@@ -19,7 +20,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def argspec_ex():
-    return merge_specs(rd.connection_argspec_ex(), _backup.backup_argspec_ex(), {"argspec": dict(
+    return merge_specs(rd.connection_argspec_ex(), _container.container_argspec_ex(), _backup.backup_argspec_ex(), {"argspec": dict(
         name=dict(type="str", default="redis"),
         method=dict(type="str", default="auto", choices=["auto", "replication", "bgsave"]),
         rdb_path=dict(type="path"),
@@ -46,20 +47,26 @@ class RedisBackupJob(_backup.BackupJob):
                 raise OpsError("%s is %d: give at least 1 second" % (option, self.params[option]))
 
     def facts(self):
+        container = rd.reach(self.params)
         self.conn = rd.client(self.params)
         found = rd.facts(self.conn)
         self.method = self.choose_method()
-        return {"server": "%s:%s" % (self.params["login_host"], self.params["login_port"]), "format": "rdb",
-                "redis_version": found["redis_version"], "used_memory": found["used_memory"], "keys": found["keys"],
-                "method": self.method}
+        facts = {"server": rd.where(self.params), "format": "rdb", "redis_version": found["redis_version"],
+                 "used_memory": found["used_memory"], "keys": found["keys"], "method": self.method}
+        if container is not None:
+            facts["container"] = _container.describe(container)
+        return facts
 
     def local_rdb(self):
         """Where the server writes its RDB when that is on this host, else None."""
+        container = _container.of(self.params)
         if self.params["rdb_path"]:
-            return self.params["rdb_path"]
-        if self.params["login_host"] not in LOCAL_HOSTS:
+            return container.host_path(self.params["rdb_path"]) if container else self.params["rdb_path"]
+        if container is None and self.params["login_host"] not in LOCAL_HOSTS:
             return None
         directory, name = rd.config_get(self.conn, "dir"), rd.config_get(self.conn, "dbfilename")
+        if directory and name and container is not None:
+            directory = container.host_path(directory)  # the container's file, read from here
         if directory and name and os.access(directory, os.R_OK | os.X_OK):
             return os.path.join(directory, name)
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
@@ -75,8 +76,8 @@ class Copier:
             batches = kept
         batches = [keys for keys in batches if keys]
         transport = self.params["transport"]
-        if transport == "auto":
-            transport = "dump" if self.params["tls"] else "migrate"
+        if transport == "auto":  # MIGRATE from this host's scratch servers cannot reach a server in a container
+            transport = "dump" if self.params["tls"] or _container.wanted(self.params) else "migrate"
         sources = [rd.for_db(conn, src_db) for conn in sources]
         if transport == "migrate":
             lock = threading.Lock()

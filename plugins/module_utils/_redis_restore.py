@@ -15,6 +15,7 @@ import os
 import time
 
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
+from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 from ansible_collections.runbook.ops.plugins.module_utils import _redis_backup
 from ansible_collections.runbook.ops.plugins.module_utils import _redis_live as live
@@ -30,7 +31,7 @@ MEMORY_HEADROOM = 1.05
 
 
 def argspec_ex():
-    return merge_specs(rd.connection_argspec_ex(), st.store_argspec_ex(for_restore=True), {
+    return merge_specs(rd.connection_argspec_ex(), _container.container_argspec_ex(), st.store_argspec_ex(for_restore=True), {
         "argspec": dict(
             src=dict(type="str", required=True),
             name=dict(type="str", default="redis"),
@@ -103,6 +104,12 @@ def validate(params):
             raise OpsError("mode file needs service (a systemd unit) or both stop_command and start_command")
         if params["key_pattern"] or params["db_map"] or params["flush_first"]:
             raise OpsError("mode file replaces the whole dataset: key_pattern, db_map and flush_first apply to mode live")
+        if _container.wanted(params):
+            raise OpsError("mode file swaps a server's files on this host and restarts its service; for a server in a "
+                           "container use mode live (the default), which restores into it while it stays online")
+    if _container.wanted(params) and params["transport"] == "migrate":
+        raise OpsError("transport migrate: the scratch servers on this host cannot reach a server inside a container; "
+                       "use transport dump (auto picks it)")
     st.validate(params["store"])
 
 
@@ -131,12 +138,14 @@ class RedisRestore:
         clock = time.monotonic()
         target = None
         if not self.params["validate_only"]:
+            container = rd.reach(self.params, tools=())
+            if container is not None:
+                self.report.update(container=_container.describe(container))
             target = rd.client(self.params)  # a target that is down fails first
             master = rd.replica_of(target)
             if master:
-                raise OpsError("the target %s:%s is a read-only replica of %s: a restore must go to the master (the "
-                               "replica then copies it); nothing was changed"
-                               % (self.params["login_host"], self.params["login_port"], master))
+                raise OpsError("the target %s is a read-only replica of %s: a restore must go to the master (the "
+                               "replica then copies it); nothing was changed" % (rd.where(self.params), master))
         redis = rd.library()
         try:
             try:

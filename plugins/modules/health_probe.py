@@ -138,6 +138,23 @@ options:
         default: false
       info:
         description: "(redis) INFO fields and their expected values, for example C({role: master})."
+      container:
+        description:
+          - (postgres, redis) The server runs in this container, with no published port needed. The probe connects
+            from inside the container's namespaces (PostgreSQL through its Unix socket, Redis over TCP in the
+            container's network), so O(targets[].login_port) is the port inside the container.
+          - The engine must run on the host that runs the task, and the task as root. A missing or stopped container
+            makes the target unhealthy, with that reason.
+        type: str
+      compose_service:
+        description: (postgres, redis) Instead of O(targets[].container), the Compose service that runs the server.
+        type: str
+      project_name:
+        description: (postgres, redis) The Compose project of O(targets[].compose_service).
+        type: str
+      docker_host:
+        description: (postgres, redis) The Docker engine of the container (a C(unix://) socket of this host).
+        type: str
         type: dict
   concurrency:
     description: How many targets to probe at the same time.

@@ -18,6 +18,7 @@ author:
 extends_documentation_fragment:
   - runbook.ops.attributes
   - runbook.ops.redis
+  - runbook.ops.container
   - runbook.ops.artifact_store
   - runbook.ops.artifact_store.retention
   - runbook.ops.backup

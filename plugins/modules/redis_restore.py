@@ -27,6 +27,7 @@ author:
 extends_documentation_fragment:
   - runbook.ops.attributes
   - runbook.ops.redis
+  - runbook.ops.container
   - runbook.ops.artifact_store
 attributes:
   check_mode:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -273,6 +274,11 @@ class DockerEngine:
         return "unix://%s" % self.socket
 
     @property
+    def namespace_id(self):
+        """The directory's name as containerd takes it (letters and digits joined by single . _ or -)."""
+        return re.sub(r"[^A-Za-z0-9]+", "-", self.base_dir.name).strip("-")
+
+    @property
     def env(self):
         return {"DOCKER_HOST": self.host, "DOCKER_CONFIG": str(self.config_dir)}
 
@@ -292,8 +298,8 @@ class DockerEngine:
                 "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--bridge", "none",
                 "--storage-driver", "overlay2", "--cgroup-parent", self.cgroup_parent,
                 # apart from any system containerd this machine runs (a docker.io package install may start one)
-                "--containerd-namespace", "runbook-%s" % self.base_dir.name,
-                "--containerd-plugins-namespace", "runbook-%s-plugins" % self.base_dir.name]
+                "--containerd-namespace", "runbook-%s" % self.namespace_id,
+                "--containerd-plugins-namespace", "runbook-%s-plugins" % self.namespace_id]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -305,8 +311,8 @@ class DockerEngine:
             time.sleep(0.2)
         raise ServerError("dockerd did not answer on %s within 60s:\n%s" % (self.socket, _tail(self.log)))
 
-    def docker(self, *args, check=True, cwd=None, input=None):
-        env = dict(os.environ, **self.env)
+    def docker(self, *args, check=True, cwd=None, input=None, env=None):
+        env = dict(os.environ, **self.env, **(env or {}))
         proc = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, cwd=cwd, input=input, check=False)
         if check and proc.returncode != 0:
             raise ServerError("docker %s failed (%d): %s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
@@ -371,7 +377,7 @@ class DockerEngine:
     @staticmethod
     def redis_command():
         """Entry command of a Redis container (password in its REDIS_PASSWORD)."""
-        return ("printf 'port 6379\\nbind 127.0.0.1\\ndir /data\\nrequirepass %s\\n' \"$REDIS_PASSWORD\" > /tmp/redis.conf; "
+        return ("printf 'port 6379\\nbind 127.0.0.1\\ndir /data\\nrequirepass \"%s\"\\n' \"$REDIS_PASSWORD\" > /tmp/redis.conf; "
                 "exec redis-server /tmp/redis.conf")
 
     def stop(self):
