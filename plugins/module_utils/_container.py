@@ -136,8 +136,9 @@ class Container:
                            "the task on the engine's host (delegate_to it), not against a remote docker_host"
                            % (self.name, self.pid))
         if not os.access(self.root + "/", os.R_OK | os.X_OK):
-            raise OpsError("cannot reach the files of container %s through %s: run the task as root (become: true)"
-                           % (self.name, self.root))
+            raise OpsError("cannot reach the files of container %s through %s: run the task as root (become: true), with "
+                           "the capabilities a host's root has (CAP_SYS_PTRACE, CAP_SYS_ADMIN; root inside another "
+                           "container may lack them)" % (self.name, self.root))
 
     # --- files ------------------------------------------------------------------------------------
 

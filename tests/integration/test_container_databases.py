@@ -164,8 +164,8 @@ def test_health_probe_reaches_servers_in_containers_and_names_what_is_wrong(ansi
 
 
 @pytest.mark.parametrize("case", ["missing", "stopped", "no tool", "no server socket", "compose service absent"])
-def test_a_container_that_is_missing_stopped_or_lacks_the_tool_fails_before_anything_is_written(ansible, platform,
-                                                                                              tmp_path, case):
+def test_a_container_that_is_missing_stopped_or_lacks_the_tool_fails_before_anything_is_written(
+        ansible, platform, tmp_path, case):
     engine = platform["engine"]
     image = engine.build_db_image()
     name = "case-%s" % case.replace(" ", "-")
