@@ -16,7 +16,8 @@ options:
         the host; their output streams into the same pipeline as on the host (their input, for restores).
       - The module's own connections reach the server without a published port, from inside the container's
         namespaces (PostgreSQL through its Unix socket, Redis over TCP in the container's network). The connection
-        options are then as seen from inside the container (O(login_port), O(login_unix_socket) ...).
+        options are then as seen from inside the container (the port, and for PostgreSQL C(login_unix_socket), the
+        socket's directory inside the container).
       - The engine must run on the host that runs the task, and the task must run as root (C(become)).
       - Passwords reach the exec'd tools through their environment, never their argv.
       - A container that is missing, stopped, on another host, or lacks the tools fails the task before anything

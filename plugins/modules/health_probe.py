@@ -138,6 +138,7 @@ options:
         default: false
       info:
         description: "(redis) INFO fields and their expected values, for example C({role: master})."
+        type: dict
       container:
         description:
           - (postgres, redis) The server runs in this container, with no published port needed. The probe connects
@@ -155,7 +156,6 @@ options:
       docker_host:
         description: (postgres, redis) The Docker engine of the container (a C(unix://) socket of this host).
         type: str
-        type: dict
   concurrency:
     description: How many targets to probe at the same time.
     type: int
