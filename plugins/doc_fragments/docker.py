@@ -33,6 +33,12 @@ options:
     description: Compose files, in order (later ones override earlier ones), as C(docker compose -f) takes them.
     type: list
     elements: path
+  env_files:
+    description:
+      - Environment files for the variables the Compose files use, in order (C(docker compose --env-file)), instead
+        of the C(.env) in O(project_src).
+    type: list
+    elements: path
   project_name:
     description: The project's name; without it Compose derives one (the directory's name, or C(name:) in the file).
     type: str

@@ -30,6 +30,7 @@ def project_argspec_ex():
         "argspec": {
             "project_src": {"type": "path"},
             "files": {"type": "list", "elements": "path"},
+            "env_files": {"type": "list", "elements": "path"},
             "project_name": {"type": "str"},
             "compose_command": {"type": "str", "default": "auto"},
             "command_timeout": {"type": "int", "default": 600},
@@ -91,7 +92,8 @@ class ComposeProject:
     def __init__(self, params):
         # paths are made absolute here, where they are checked: Compose runs from / and must see the same files
         self.params = dict(params, project_src=params.get("project_src") and os.path.abspath(params["project_src"]),
-                           files=[os.path.abspath(f) for f in params.get("files") or []])
+                           files=[os.path.abspath(f) for f in params.get("files") or []],
+                           env_files=[os.path.abspath(f) for f in params.get("env_files") or []])
         self.env = engine_env(params.get("docker_host"))
         self.timeout = params.get("command_timeout")
         if self.timeout is None or self.timeout <= 0:
@@ -106,6 +108,9 @@ class ComposeProject:
         for path in self.params["files"]:
             if not os.path.isfile(path):
                 raise OpsError("the Compose file %s does not exist" % path)
+        for path in self.params["env_files"]:
+            if not os.path.isfile(path):
+                raise OpsError("the environment file %s (env_files) does not exist" % path)
         self.command = resolve_command(params.get("compose_command"), self.env, min(30, self.timeout))
         self.model = self._config()
         self.name = self.model.get("name") or params.get("project_name")
@@ -118,6 +123,8 @@ class ComposeProject:
             argv += ["--project-directory", self.params["project_src"]]
         for path in self.params.get("files") or []:
             argv += ["-f", path]
+        for path in self.params.get("env_files") or []:
+            argv += ["--env-file", path]
         if self.params.get("project_name"):
             argv += ["-p", self.params["project_name"]]
         return argv + list(args)
