@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
@@ -26,7 +27,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._retry import Deadline
 HEALTHY = "healthy"
 DEGRADED = "degraded"
 UNHEALTHY = "unhealthy"
-TARGET_TYPES = ("http", "tcp", "postgres", "redis")
+TARGET_TYPES = ("http", "tcp", "postgres", "redis", "disk", "memory", "containers")
 SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token")
 
 # Fields that make sense for each target type; anything else set on a target is an error.
@@ -37,7 +38,10 @@ _FIELDS = {
     "postgres": {"login_host", "login_port", "login_user", "login_password", "db", "ssl_mode",
                  "ca_cert", "query"},
     "redis": {"login_host", "login_port", "login_user", "login_password", "db", "tls", "ca_cert",
-              "validate_certs", "info"},
+              "validate_certs", "info", "queues"},
+    "disk": {"path", "warn_percent", "crit_percent"},
+    "memory": {"warn_percent", "crit_percent"},
+    "containers": {"project_name", "services", "docker_host", "max_restarts"},
 }
 _CONTAINER_FIELDS = {"container", "compose_service", "project_name", "docker_host"}  # a server in a container
 for _kind in ("postgres", "redis"):
@@ -96,6 +100,12 @@ def _default_name(target_type, raw):
         return split_credentials(raw["url"])[1]
     if target_type == "tcp":
         return "%s:%s" % (raw.get("host"), raw.get("port"))
+    if target_type == "disk":
+        return "disk:%s" % raw.get("path")
+    if target_type == "memory":
+        return "memory"
+    if target_type == "containers":
+        return "containers:%s" % raw.get("project_name")
     host = raw.get("login_host") or "localhost"
     if raw.get("container") or raw.get("compose_service"):
         host = raw.get("container") or "%s.%s" % (raw.get("project_name"), raw["compose_service"])
@@ -129,7 +139,7 @@ def validate_targets(targets):
                 raise OpsError("%s: a tcp target needs field 'port'" % where)
         if target.get("container") and target.get("compose_service"):
             raise OpsError("%s: fields 'container' and 'compose_service' name the same thing; give one" % where)
-        if bool(target.get("compose_service")) != bool(target.get("project_name")):
+        if target_type in ("postgres", "redis") and bool(target.get("compose_service")) != bool(target.get("project_name")):
             raise OpsError("%s: fields 'compose_service' and 'project_name' go together" % where)
         if target.get("tls") and (target.get("container") or target.get("compose_service")):
             raise OpsError("%s: field 'tls' with a container: the probe connects inside the container's network; "
@@ -139,6 +149,18 @@ def validate_targets(targets):
                 raise OpsError("%s: field '%s' is %s; a port is 1-65535" % (where, field, target[field]))
         if not 0 < target.get("timeout", 5) <= 3600:
             raise OpsError("%s: field 'timeout' must be more than 0 and at most 3600 seconds" % where)
+        if target_type in ("disk", "memory"):
+            _validate_percents(where, target)
+        if target_type == "disk" and not str(target.get("path") or "").startswith("/"):
+            raise OpsError("%s: a disk target needs field 'path', an absolute path on the host (a mount point or any "
+                           "path on it)" % where)
+        if target_type == "containers":
+            if not target.get("project_name"):
+                raise OpsError("%s: a containers target needs field 'project_name' (the Compose project)" % where)
+            if target.get("max_restarts") is not None and int(target["max_restarts"]) < 0:
+                raise OpsError("%s: field 'max_restarts' is %s; give 0 or more" % (where, target["max_restarts"]))
+        if target_type == "redis" and "queues" in target:
+            target["queues"] = _queue_limits(where, target["queues"])
         if target_type == "redis":
             if "info" in target and not isinstance(target["info"], dict):
                 raise OpsError("%s: field 'info' must be a mapping of INFO field to expected value" % where)
@@ -159,6 +181,36 @@ def validate_targets(targets):
         names.add(target["name"])
         checked.append(target)
     return checked
+
+
+def _validate_percents(where, target):
+    target.setdefault("warn_percent", 80.0)
+    target.setdefault("crit_percent", 90.0)
+    warn_at, crit_at = float(target["warn_percent"]), float(target["crit_percent"])
+    if not 0 < warn_at <= crit_at <= 100:
+        raise OpsError("%s: fields 'warn_percent' (%s) and 'crit_percent' (%s) must satisfy 0 < warn <= crit <= 100"
+                       % (where, warn_at, crit_at))
+    target["warn_percent"], target["crit_percent"] = warn_at, crit_at
+
+
+def _queue_limits(where, queues):
+    """{queue: {warn, crit}} from {queue: crit} or {queue: {warn: .., crit: ..}}."""
+    if not isinstance(queues, dict) or not queues:
+        raise OpsError("%s: field 'queues' must map each queue (a Redis list, as Celery keeps them) to its limit, "
+                       "e.g. {celery: 1000} or {celery: {warn: 100, crit: 1000}}" % where)
+    limits = {}
+    for name, limit in queues.items():
+        spec = limit if isinstance(limit, dict) else {"crit": limit}
+        try:
+            crit = int(spec["crit"])
+            warn = int(spec.get("warn", crit))
+        except (KeyError, TypeError, ValueError):
+            raise OpsError("%s: queues.%s is %r; give the length that makes it unhealthy, or {warn: n, crit: m}"
+                           % (where, name, limit))
+        if not 0 <= warn <= crit:
+            raise OpsError("%s: queues.%s needs 0 <= warn (%d) <= crit (%d)" % (where, name, warn, crit))
+        limits[str(name)] = {"warn": warn, "crit": crit}
+    return limits
 
 
 def _validate_http(where, target):
@@ -480,9 +532,15 @@ def _probe_redis(target, deadline, watchdog):
     params = dict(target, connect_timeout=max(deadline.left(), 0.001))
     client = rd.make_client(params, db=int(target.get("db", 0)))
     watchdog.watch(client)
+    queues = {}
     try:
         client.ping()
         info = client.info("all") if target.get("info") else client.info("server")
+        for name in target.get("queues") or {}:
+            try:
+                queues[name] = client.llen(name)
+            except redis.ResponseError as exc:
+                return {"ok": False, "error": "queue %s: %s (a Celery queue is a Redis list)" % (name, first_line(exc))}
     except redis.RedisError as exc:
         return {"ok": False, "error": "cannot reach Redis: %s" % rd.explain(exc, target)}
     finally:
@@ -493,9 +551,112 @@ def _probe_redis(target, deadline, watchdog):
             mismatches.append("%s is missing from INFO" % field)
         elif not values_match(info[field], want):
             mismatches.append("%s is %s, expected %s" % (field, _scalar_text(info[field]), _scalar_text(want)))
+    limits = target.get("queues") or {}
+    mismatches += ["queue %s holds %d, over %d" % (n, length, limits[n]["crit"]) for n, length in sorted(queues.items())
+                   if length > limits[n]["crit"]]
+    detail = "PONG, redis %s" % info.get("redis_version", "?")
+    if queues:
+        detail += ", queues " + ", ".join("%s %d" % item for item in sorted(queues.items()))
     if mismatches:
-        return {"ok": False, "error": "; ".join(mismatches)}
-    return {"ok": True, "detail": "PONG, redis %s" % info.get("redis_version", "?")}
+        return {"ok": False, "error": "; ".join(mismatches), "detail": detail, "queues": queues}
+    outcome = {"ok": True, "detail": detail}
+    if queues:
+        outcome["queues"] = queues
+        long_ones = ["queue %s holds %d, over warn %d" % (n, length, limits[n]["warn"])
+                     for n, length in sorted(queues.items()) if length > limits[n]["warn"]]
+        if long_ones:
+            outcome["warning"] = "; ".join(long_ones)
+    return outcome
+
+
+def _percent_outcome(what, used, target, detail):
+    """ok/warning/error of a usage percentage against the target's warn and crit thresholds."""
+    if used >= target["crit_percent"]:
+        return {"ok": False, "detail": detail, "error": "%s %.1f %% used, at or over crit_percent %s" % (
+            what, used, target["crit_percent"])}
+    outcome = {"ok": True, "detail": detail}
+    if used >= target["warn_percent"]:
+        outcome["warning"] = "%s %.1f %% used, at or over warn_percent %s" % (what, used, target["warn_percent"])
+    return outcome
+
+
+def _probe_disk(target, deadline, watchdog):
+    try:
+        stat = os.statvfs(target["path"])
+    except OSError as exc:
+        return {"ok": False, "error": "cannot read %s: %s" % (target["path"], exc.strerror)}
+    usable = stat.f_blocks - stat.f_bfree + stat.f_bavail  # what df counts: root's reserve is not usable
+    used = 100.0 * (stat.f_blocks - stat.f_bfree) / usable if usable else 0.0
+    inodes = 100.0 * (stat.f_files - stat.f_ffree) / stat.f_files if stat.f_files else 0.0
+    free = stat.f_bavail * stat.f_frsize
+    detail = "%.1f %% used, %s free of %s, inodes %.1f %% used" % (
+        used, _size(free), _size(usable * stat.f_frsize), inodes)
+    worst, what = (used, "disk") if used >= inodes else (inodes, "inodes")
+    outcome = _percent_outcome("%s %s" % (target["path"], what), worst, target, detail)
+    outcome.update(used_percent=round(used, 1), inodes_used_percent=round(inodes, 1), free_bytes=free)
+    return outcome
+
+
+def _probe_memory(target, deadline, watchdog):
+    try:
+        with open("/proc/meminfo") as handle:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle if line.split()[1:2]}
+    except (OSError, ValueError, IndexError) as exc:
+        return {"ok": False, "error": "cannot read /proc/meminfo: %s" % exc}
+    total, available = info.get("MemTotal", 0), info.get("MemAvailable", info.get("MemFree", 0))
+    used = 100.0 * (total - available) / total if total else 0.0
+    swap = info.get("SwapTotal", 0) - info.get("SwapFree", 0)
+    detail = "%.1f %% used, %s available of %s, swap used %s" % (used, _size(available), _size(total), _size(swap))
+    outcome = _percent_outcome("memory", used, target, detail)
+    outcome.update(used_percent=round(used, 1), available_bytes=available)
+    return outcome
+
+
+def _probe_containers(target, deadline, watchdog):
+    from ansible_collections.runbook.ops.plugins.module_utils import _docker
+
+    try:
+        client = _docker.connect(target.get("docker_host"), max(1, int(deadline.left() + 0.999)))
+        try:
+            found = [_docker.describe(c) for c in _docker.compose_containers(client, target["project_name"])]
+        finally:
+            client.close()
+    except OpsError as exc:
+        return {"ok": False, "error": exc.message}
+    wanted = target.get("services")
+    if wanted:
+        found = [c for c in found if c["service"] in wanted]
+        missing = sorted(set(wanted) - {c["service"] for c in found})
+    else:
+        missing = []
+    bad = [c for c in found if c["state"] != "running" or c["health"] not in ("healthy", "none")]
+    healthy = sum(1 for c in found if c["health"] == "healthy")
+    detail = "%d containers, %d running, %d healthy" % (len(found), sum(c["state"] == "running" for c in found), healthy)
+    outcome = {"ok": True, "detail": detail,
+               "containers": [{k: c[k] for k in ("name", "service", "state", "health", "restart_count")} for c in found]}
+    problems = ["service %s has no container" % name for name in missing]
+    problems += ["%s is %s%s%s" % (c["name"], c["state"], "" if c["health"] == "none" else " and " + c["health"],
+                                   ": " + c["last_health_output"][-200:] if c["last_health_output"] and
+                                   c["health"] == "unhealthy" else "") for c in bad]
+    if not found and not missing:
+        problems.append("Compose project %s has no containers" % target["project_name"])
+    if problems:
+        outcome.update(ok=False, error="; ".join(problems))
+        return outcome
+    limit = target.get("max_restarts")
+    restarted = [c for c in found if limit is not None and c["restart_count"] > int(limit)]
+    if restarted:
+        outcome["warning"] = "; ".join("%s restarted %d times (max_restarts %s)" % (c["name"], c["restart_count"], limit)
+                                       for c in restarted)
+    return outcome
+
+
+def _size(count):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return ("%d %s" % (count, unit)) if unit == "B" else ("%.1f %s" % (count, unit))
+        count /= 1024.0
+    return str(count)
 
 
 class Watchdog:
@@ -523,7 +684,10 @@ class Watchdog:
                 pass
 
 
-_PROBES = {"http": _probe_http, "tcp": _probe_tcp, "postgres": _probe_postgres, "redis": _probe_redis}
+_PROBES = {"http": _probe_http, "tcp": _probe_tcp, "postgres": _probe_postgres, "redis": _probe_redis,
+           "disk": _probe_disk, "memory": _probe_memory, "containers": _probe_containers}
+_EXTRA_KEYS = ("cert_days_left", "used_percent", "inodes_used_percent", "free_bytes", "available_bytes", "containers",
+               "queues")
 
 
 def probe_once(target, budget=None):
@@ -553,6 +717,8 @@ def probe_once(target, budget=None):
     error = outcome.get("error")
     if status == DEGRADED:
         error = "latency %.1f ms is over max_latency_ms %s" % (latency_ms, target["max_latency_ms"])
+    elif status == HEALTHY and outcome.get("warning"):
+        status, error = DEGRADED, outcome["warning"]
     result = {
         "name": target["name"],
         "type": target["type"],
@@ -564,8 +730,7 @@ def probe_once(target, budget=None):
         "error": error,
         "attempts": 1,
     }
-    if "cert_days_left" in outcome:
-        result["cert_days_left"] = outcome["cert_days_left"]
+    result.update({key: outcome[key] for key in _EXTRA_KEYS if key in outcome})
     return result
 
 
@@ -651,6 +816,12 @@ TARGET_OPTIONS = dict(
     compose_service=dict(type="str"),
     project_name=dict(type="str"),
     docker_host=dict(type="str"),
+    queues=dict(type="dict"),
+    path=dict(type="str"),
+    warn_percent=dict(type="float"),
+    crit_percent=dict(type="float"),
+    services=dict(type="list", elements="str"),
+    max_restarts=dict(type="int"),
 )
 
 # Defaults that belong to one target type only; dropped from targets of the other types.

@@ -36,11 +36,19 @@ options:
       name:
         description:
           - Name shown in results and messages. Must be unique.
-          - Defaults to the url (its password masked), C(host:port) or C(type://host:port).
+          - Defaults to the url (its password masked), C(host:port), C(type://host:port), C(disk:<path>),
+            C(memory) or C(containers:<project>).
         type: str
       type:
         description:
-          - One of V(http), V(tcp), V(postgres), V(redis).
+          - One of V(http), V(tcp), V(postgres), V(redis), V(disk), V(memory), V(containers).
+          - V(disk) and V(memory) read this host (the one the task runs on). A use at or over
+            O(targets[].warn_percent) grades the target C(degraded), at or over O(targets[].crit_percent)
+            C(unhealthy).
+          - V(containers) checks every container of a Compose project (O(targets[].project_name), optionally only
+            O(targets[].services)) on the engine of O(targets[].docker_host). A container that is not running, or is
+            unhealthy, makes it C(unhealthy) (with the last health-check output); more restarts than
+            O(targets[].max_restarts) make it C(degraded).
         type: str
         required: true
       timeout:
@@ -154,8 +162,35 @@ options:
         description: (postgres, redis) The Compose project of O(targets[].compose_service).
         type: str
       docker_host:
-        description: (postgres, redis) The Docker engine of the container (a C(unix://) socket of this host).
+        description:
+          - (postgres, redis) The Docker engine of the container (a C(unix://) socket of this host).
+          - (containers) The Docker engine, as C(DOCKER_HOST) takes it; the default socket when not set.
         type: str
+      queues:
+        description:
+          - (redis) Queue depth limits, for Celery's queues (Redis lists named like the queues), for example
+            C({celery: 1000}) or C({celery: {warn: 100, crit: 1000}}).
+          - A queue longer than C(crit) makes the target C(unhealthy), longer than C(warn) C(degraded). A key that is
+            not a list makes it C(unhealthy). A missing key is an empty queue.
+        type: dict
+      path:
+        description: (disk) An absolute path on the filesystem to check (its mount point, or any path on it).
+        type: str
+      warn_percent:
+        description:
+          - (disk, memory) Percent used (of the disk's blocks or inodes, whichever is higher; of the memory) that grades
+            C(degraded); 80 when not set.
+        type: float
+      crit_percent:
+        description: (disk, memory) Percent used that grades C(unhealthy); 90 when not set.
+        type: float
+      services:
+        description: (containers) Only these services of the project; each must have at least one container.
+        type: list
+        elements: str
+      max_restarts:
+        description: (containers) A container restarted more often than this grades the target C(degraded).
+        type: int
   concurrency:
     description: How many targets to probe at the same time.
     type: int
@@ -291,6 +326,31 @@ results:
       description: Days until the TLS certificate expires (http targets with cert_min_days).
       type: int
       returned: when cert_min_days is set and the request succeeded
+    used_percent:
+      description: Percent of the disk or of the memory in use (disk and memory targets).
+      type: float
+      returned: for disk and memory targets
+    inodes_used_percent:
+      description: Percent of the filesystem's inodes in use.
+      type: float
+      returned: for disk targets
+    free_bytes:
+      description: Bytes free for unprivileged users on the filesystem.
+      type: int
+      returned: for disk targets
+    available_bytes:
+      description: Bytes of memory available (MemAvailable).
+      type: int
+      returned: for memory targets
+    containers:
+      description: The project's containers (name, service, state, health, restart_count).
+      type: list
+      elements: dict
+      returned: for containers targets that reached the engine
+    queues:
+      description: Length of each queue.
+      type: dict
+      returned: for redis targets with queues
 failed_targets:
   description: Names of required targets that are unhealthy.
   returned: always

@@ -85,6 +85,19 @@ def test_overall_status_required_failure_is_unhealthy_optional_one_degrades():
     ([http(url="http://h:0/")], "port 0"),
     ([{"name": "r", "type": "redis", "db": "two"}], "a Redis db is a number"),
     ([{"name": "r", "type": "redis", "login_port": 0}], "field 'login_port' is 0"),
+    ([{"name": "d", "type": "disk"}], "target 'd': a disk target needs field 'path'"),
+    ([{"name": "d", "type": "disk", "path": "var"}], "an absolute path"),
+    ([{"name": "d", "type": "disk", "path": "/", "warn_percent": 95}], "0 < warn <= crit <= 100"),
+    ([{"name": "m", "type": "memory", "crit_percent": 101}], "0 < warn <= crit <= 100"),
+    ([{"name": "m", "type": "memory", "path": "/"}], "field(s) path do not apply to a memory target"),
+    ([{"name": "c", "type": "containers"}], "needs field 'project_name'"),
+    ([{"name": "c", "type": "containers", "project_name": "p", "max_restarts": -1}], "field 'max_restarts' is -1"),
+    ([{"name": "q", "type": "redis", "queues": []}], "field 'queues' must map each queue"),
+    ([{"name": "q", "type": "redis", "queues": {"celery": "lots"}}], "queues.celery is 'lots'"),
+    ([{"name": "q", "type": "redis", "queues": {"celery": {"warn": 9, "crit": 5}}}], "0 <= warn (9) <= crit (5)"),
+    ([{"name": "q", "type": "postgres", "compose_service": "db"}], "'compose_service' and 'project_name' go together"),
+    ([{"name": "q", "type": "redis", "container": "a", "compose_service": "b", "project_name": "p"}],
+     "'container' and 'compose_service' name the same thing"),
 ])
 def test_validation_names_the_target_and_the_field(targets, message):
     with pytest.raises(OpsError) as raised:
@@ -97,6 +110,24 @@ def test_validation_fills_defaults_and_names():
                                        {"type": "redis", "login_host": "cache"}, {"type": "postgres"}])
     assert [t["name"] for t in targets] == ["db:5432", "redis://cache:6379", "postgres://localhost:5432"]
     assert all(t["required"] is True and t["timeout"] == 5.0 for t in targets)
+
+
+def test_new_types_get_defaults_and_names():
+    targets = _probe.validate_targets([{"type": "disk", "path": "/var"}, {"type": "memory"},
+                                       {"type": "containers", "project_name": "shop"},
+                                       {"type": "redis", "container": "cache", "queues": {"celery": 100}},
+                                       {"type": "postgres", "compose_service": "db", "project_name": "shop"}])
+    assert [t["name"] for t in targets] == ["disk:/var", "memory", "containers:shop", "redis://cache:6379",
+                                            "postgres://shop.db:5432"]
+    assert (targets[0]["warn_percent"], targets[0]["crit_percent"]) == (80.0, 90.0)
+    assert targets[3]["queues"] == {"celery": {"warn": 100, "crit": 100}}
+
+
+@pytest.mark.parametrize("used, status", [(10.0, "healthy"), (80.0, "degraded"), (89.9, "degraded"), (90.0, "unhealthy")])
+def test_percent_thresholds(used, status):
+    outcome = _probe._percent_outcome("disk", used, {"warn_percent": 80.0, "crit_percent": 90.0}, "detail")
+    graded = "unhealthy" if not outcome["ok"] else ("degraded" if outcome.get("warning") else "healthy")
+    assert graded == status
 
 
 def test_secret_headers_are_collected_for_no_log():
