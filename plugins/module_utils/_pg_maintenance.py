@@ -319,8 +319,8 @@ class Maintenance:
             return None
         columns = ddl.execute(conn, "SELECT attname FROM pg_attribute WHERE attrelid = 'pg_stat_statements'::regclass",
                               "cannot read pg_stat_statements")
-        total, mean = ("total_exec_time", "mean_exec_time") if ("total_exec_time",) in columns else ("total_time",
-                                                                                                   "mean_time")
+        modern = ("total_exec_time",) in columns  # PostgreSQL 13 renamed the columns
+        total, mean = ("total_exec_time", "mean_exec_time") if modern else ("total_time", "mean_time")
         try:
             rows = ddl.execute(conn, "SELECT calls, round(%s::numeric, 1)::float8, round(%s::numeric, 2)::float8, rows, "
                                      "left(query, 500) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "

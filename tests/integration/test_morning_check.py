@@ -12,8 +12,8 @@ WORKER_CRASH = "echo cannot reach the broker; exit 3"
 SERVE = "touch /ready; while true; do sleep 0.2; done"
 
 
-def test_the_morning_check_reports_disks_memory_containers_and_queues_in_one_line(ansible, docker_engine, redis_plain,
-                                                                                    tmp_path, monkeypatch):
+def test_the_morning_check_reports_disks_memory_containers_and_queues_in_one_line(
+        ansible, docker_engine, redis_plain, tmp_path, monkeypatch):
     image = docker_engine.build_busybox_image()
     project = tmp_path / "shop"
     project.mkdir()
