@@ -138,7 +138,8 @@ class PostgresServer:
             pwfile.unlink()
         _give_to_service_user(self.base_dir)
         options = ("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off "
-                   "-c max_prepared_transactions=10" % (self.port, self.socket_dir))
+                   "-c max_prepared_transactions=10 -c shared_preload_libraries=pg_stat_statements"
+                   % (self.port, self.socket_dir))
         self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"])
         wait_for_port(self.port, log=self.log)
         return self

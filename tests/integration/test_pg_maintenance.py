@@ -78,8 +78,10 @@ def test_standard_rebuilds_bloated_indexes_and_heavy_needs_a_window(ansible, pg,
 
 
 def test_light_vacuums_and_reports_dead_tuples_and_long_queries_and_terminates_on_request(ansible, pg, bloated):
-    sql(pg, bloated, "DELETE FROM orders WHERE id <= 1000")
-    run = ansible.play(maintain(pg, bloated, level="light"))
+    sql(pg, bloated, "DELETE FROM orders WHERE id <= 1000; CREATE EXTENSION pg_stat_statements")
+    for _round in range(3):
+        sql(pg, bloated, "SELECT count(*) FROM orders o1 JOIN orders o2 USING (amount) WHERE o1.id < 3000")
+    run = ansible.play(maintain(pg, bloated, level="light", slow_queries=10))
     assert run.rc == 0, run
     result = run.task(TASK)["result"]
     orders = by_name(result["tables"], "table")["orders"]
@@ -87,6 +89,9 @@ def test_light_vacuums_and_reports_dead_tuples_and_long_queries_and_terminates_o
     assert [s["sql"] for s in result["statements"]] == ['VACUUM (ANALYZE, INDEX_CLEANUP ON) "public"."orders"',
                                                         'VACUUM (ANALYZE, INDEX_CLEANUP ON) "public"."small"']
     assert result["terminated"] == [] and result["long_running"] == []
+    slow = result["slow_queries"]
+    assert slow[0]["total_ms"] >= slow[1]["total_ms"] >= slow[-1]["total_ms"]  # the top ones first
+    assert [q["calls"] for q in slow if "JOIN orders o2" in q["query"]] == [3]
 
     holder = psycopg2.connect(**pg.conninfo(bloated))
     holder.autocommit = True
