@@ -10,6 +10,7 @@ import time
 import psycopg2
 import pytest
 
+from conftest import REPO
 from pg_helpers import sql
 
 TASK = "Maintain the database"
@@ -133,3 +134,20 @@ def test_bad_input_is_refused_before_anything_runs(ansible, pg, bloated):
         assert run.rc != 0 and message in run.task(TASK)["result"]["msg"], run.task(TASK)["result"]["msg"]
     stats = sql(pg, bloated, "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'small'", fetch=True)
     assert stats == [(None,)]
+
+
+def test_the_db_maintenance_playbook_maintains_each_database_and_prints_one_line_per_host(ansible, pg, bloated, tmp_path):
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"db": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": __import__("sys").executable,
+        "db_maintenance_postgres": {"login_host": pg.host, "login_port": pg.port, "login_user": pg.user,
+                                    "login_password": pg.password},
+        "db_maintenance_databases": [bloated, {"db": "postgres", "level": "light"}]}}}}))
+    run = ansible.play(None, playbook_path=REPO / "playbooks" / "db_maintenance.yml", inventory=inventory,
+                       extra_vars={"db_maintenance_level": "standard"})
+    assert run.rc == 0, run
+    line = run.task("Show one line per host")["result"]["msg"]
+    assert len(line) == 1 and line[0].startswith("localhost: %s standard (" % bloated) and "postgres light" in line[0]
+    refused = ansible.play(None, playbook_path=REPO / "playbooks" / "db_maintenance.yml", inventory=inventory,
+                           extra_vars={"db_maintenance_level": "heavy"})
+    assert refused.rc != 0 and "maintenance_window: true" in refused.output
