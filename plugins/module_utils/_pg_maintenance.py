@@ -21,7 +21,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _postgres as pg
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 
-LEVELS = ("light", "standard", "heavy")
+LEVELS = ("report", "light", "standard", "heavy")  # report: the figures only, nothing runs
 
 # Pages the live rows need: per row its header (23 bytes, aligned to 24), its line pointer (4) and its columns'
 # average width from pg_stats; per page the header (24 bytes); the table's fillfactor.
@@ -214,7 +214,7 @@ class Maintenance:
         level = LEVELS.index(params["level"])
         steps = []
         rewrite = set()
-        if level >= 2:
+        if level >= 3:
             for t in tables:
                 if self.over(t):
                     rewrite.add((t["schema"], t["table"]))
@@ -225,11 +225,11 @@ class Maintenance:
         # INDEX_CLEANUP ON: a VACUUM that skips the indexes (14+ does when few pages have dead items) leaves the dead
         # items in place; maintenance removes them
         vacuum = "VACUUM (ANALYZE, INDEX_CLEANUP ON)" if self.server_version >= 120000 else "VACUUM (ANALYZE)"
-        for t in tables:
+        for t in tables if level >= 1 else []:
             if (t["schema"], t["table"]) not in rewrite:  # a rewrite leaves nothing for VACUUM to do
                 steps.append({"sql": "%s %s" % (vacuum, _qualified(t["schema"], t["table"])), "kind": "vacuum",
                               "why": "level %s: %d dead tuples" % (params["level"], t["dead_tuples"])})
-        if level >= 1:
+        if level >= 2:
             for i in indexes:
                 if (i["schema"], i["table"]) in rewrite:
                     continue  # rebuilt by the table's rewrite

@@ -9,6 +9,7 @@ module: pg_maintenance
 short_description: Run PostgreSQL maintenance by level and report bloat, dead tuples, slow and long-running queries
 version_added: 0.2.0
 description:
+  - V(report) runs nothing and returns the figures below (for a maintenance window's checklist, or a weekly report).
   - Levels as the runbooks keep them. V(light) runs C(VACUUM (ANALYZE, INDEX_CLEANUP ON)) of every table (index
     cleanup forced, so the dead items PostgreSQL 14+ may leave when it skips the indexes are removed too). V(standard) adds
     C(REINDEX INDEX CONCURRENTLY) of the indexes whose estimated bloat is at or over O(bloat_threshold) (and of
@@ -47,10 +48,10 @@ options:
     required: true
     aliases: [login_db]
   level:
-    description: V(light), V(standard) or V(heavy), as described above.
+    description: V(report), V(light), V(standard) or V(heavy), as described above.
     type: str
     default: light
-    choices: [light, standard, heavy]
+    choices: [report, light, standard, heavy]
   maintenance_window:
     description: Say that the application is stopped or in maintenance mode; needed by O(level=heavy).
     type: bool

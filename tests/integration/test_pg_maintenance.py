@@ -42,6 +42,11 @@ def by_name(rows, key):
 
 
 def test_standard_rebuilds_bloated_indexes_and_heavy_needs_a_window(ansible, pg, bloated):
+    reported = ansible.play(maintain(pg, bloated, level="report"))
+    assert reported.rc == 0, reported
+    result = reported.task(TASK)["result"]
+    assert not result["changed"] and result["statements"] == []
+    assert by_name(result["indexes"], "index")["orders_note"]["bloat_percent_before"] >= 50
     checked = ansible.play(maintain(pg, bloated, level="standard"), check=True)
     assert checked.rc == 0, checked
     result = checked.task(TASK)["result"]
