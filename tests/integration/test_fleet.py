@@ -135,6 +135,24 @@ def test_timers_run_the_modules_on_the_host_and_a_missed_backup_shows_as_stale(f
     assert recovered["last_result"] == 1 and recovered["stale"] == 0 and recovered["last_size_bytes"] > 0
 
 
+def test_the_weekly_database_maintenance_runs_from_its_timer(fleet, provisioned):
+    """db_maintenance_schedule in the inventory: the backup role scheduled pg_maintenance (standard) on db1."""
+    timers = fleet.ssh("db1", "systemctl list-timers --all --no-pager").stdout
+    assert "runbook-job-maintain-postgres-app.timer" in timers
+    fleet.ssh("db1", "sudo -u postgres psql -XAqd app -c 'CREATE TABLE IF NOT EXISTS churn AS "
+                     "SELECT g AS id FROM generate_series(1, 1000) g; DELETE FROM churn WHERE id > 10'")
+    fleet.ssh("db1", "sudo systemctl start runbook-job@maintain-postgres-app.service")
+    state = json.loads(fleet.ssh("db1", "sudo cat /var/lib/runbook-ops/state/maintain-postgres-app.json").stdout)
+    assert state["last_result"] == 1, state
+    metrics = fleet.ssh("db1", "cat /var/lib/prometheus/node-exporter/runbook_backup.prom").stdout
+    assert 'runbook_backup_last_result{job="maintain-postgres-app",task="maintenance",kind="postgres",name="app"} 1' \
+        in metrics
+    vacuumed = fleet.ssh("db1", "sudo -u postgres psql -XAtd app -c \"SELECT n_dead_tup, last_vacuum IS NOT NULL "
+                                "FROM pg_stat_user_tables WHERE relname = 'churn'\"").stdout.strip()
+    assert vacuumed == "0|t"
+    fleet.ssh("db1", "sudo -u postgres psql -XAqd app -c 'DROP TABLE churn'")
+
+
 APP_TEMPLATE = """services:
   web:
     image: "runbook-app:{{ compose_app_version }}"
