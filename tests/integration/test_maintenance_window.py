@@ -35,6 +35,12 @@ def project(engine, tmp_path, name, command):
     return src
 
 
+def _deploy_playbook(tmp_path):
+    path = tmp_path / "deploy.yml"
+    path.write_text("- hosts: all\n  gather_facts: false\n  roles: [runbook.ops.compose_app]\n")
+    return path
+
+
 def _sleep(conn):
     try:
         conn.cursor().execute("SELECT pg_sleep(60)")
@@ -50,7 +56,16 @@ def log_lines(window_dir):
 def test_a_window_runs_both_checklists_and_logs_every_check(ansible, pg, docker_engine, tmp_path, monkeypatch):
     for name, value in docker_engine.env.items():
         monkeypatch.setenv(name, value)
-    project(docker_engine, tmp_path, "shopmw", SERVE)
+    src = tmp_path / "release"
+    src.mkdir()
+    service = {"image": docker_engine.build_busybox_image(), "init": False, "command": ["sh", "-c", SERVE],
+               "healthcheck": {"test": ["CMD", "test", "-f", "/ready"], "interval": "300ms", "retries": 1}}
+    (src / "compose.yaml").write_text(json.dumps({"services": {"web": service, "worker": dict(service, deploy={"replicas": 2})}}))
+    app = {"compose_app_name": "shopmw", "compose_app_dir": str(tmp_path / "app")}
+    deployed = ansible.play(None, playbook_path=_deploy_playbook(tmp_path), inventory=inventory(tmp_path, dict(
+        app, compose_app_src=str(src), compose_app_version="r1", compose_app_install_engine=False,
+        compose_app_pull="never")))
+    assert deployed.rc == 0, deployed
     db = make_database(pg, "mw")
     web = HealthServer().start()
     sleeper = psycopg2.connect(**pg.conninfo(db))
@@ -60,14 +75,17 @@ def test_a_window_runs_both_checklists_and_logs_every_check(ansible, pg, docker_
     connection = {"login_host": pg.host, "login_port": pg.port, "login_user": pg.user, "login_password": pg.password}
     flag = tmp_path / "maintenance.on"
     work = tmp_path / "work.yml"
-    work.write_text("- name: The operator's work\n  ansible.builtin.command: 'true'\n  changed_when: true\n")
-    hosts = inventory(tmp_path, {
+    work.write_text("- name: The operator's work, with the workers stopped\n  ansible.builtin.command:\n"
+                    "    argv: [docker, ps, -q, --filter, label=com.docker.compose.service=worker]\n"
+                    "  register: workers\n  changed_when: true\n  failed_when: workers.stdout | length > 0\n")
+    hosts = inventory(tmp_path, dict(app, **{
         "backup_targets": [{"type": "postgres", "db": db}], "backup_postgres": connection,
         "backup_store": {"dir": str(tmp_path / "store")},
         "maintenance_window_dir": str(tmp_path / "windows"), "maintenance_window_databases": [db],
         "maintenance_window_postgres": connection, "maintenance_window_long_query_seconds": 1,
         "maintenance_window_projects": ["shopmw"], "maintenance_window_flag_file": str(flag),
-        "health_check_targets": [{"type": "http", "name": "api", "url": web.base_url + "/health"}]})
+        "maintenance_window_stop_services": ["worker"],
+        "health_check_targets": [{"type": "http", "name": "api", "url": web.base_url + "/health"}]}))
     try:
         time.sleep(1.5)  # the query has run for more than long_query_seconds
         run = ansible.play(None, playbook_path=REPO / "playbooks" / "maintenance.yml", inventory=hosts,
@@ -88,9 +106,14 @@ def test_a_window_runs_both_checklists_and_logs_every_check(ansible, pg, docker_
     assert checks["services containers:shopmw"]["ok"] and checks["endpoint api"]["ok"]
     assert checks["errors in container logs"]["detail"].startswith("0 lines match")
     assert checks["maintenance mode off"]["ok"] and not flag.exists()
+    assert "stopped worker" in checks["maintenance mode on"]["detail"]
+    assert run.task("The operator's work, with the workers stopped")["status"] == "ok"  # no worker ran during the work
+    running = docker_engine.docker("ps", "-q", "--filter", "label=com.docker.compose.service=worker").stdout.split()
+    assert len(running) == 2  # back to the replicas it had
     (state,) = list((tmp_path / "windows").glob("*/state-before.json"))
     snapshot = json.loads(state.read_text())
     assert {p["name"] for p in snapshot["probes"]} == {"disk:/", "memory", "containers:shopmw"}
+    assert snapshot["release"] == "releases/r1"
     assert not (tmp_path / "windows" / "current.json").exists()
     summary = run.task("Show one line per host")["result"]["msg"]
     assert len(summary) == 1 and "9/10 checks ok, failed: long-running queries" in summary[0], summary
