@@ -6,20 +6,22 @@ The client tools (pg_dump, psql, redis-cli ...) run inside the container through
 (``docker exec -i``), so they match the server and need nothing on the host; their stdin and stdout are the
 same pipes the host path uses. Secrets reach them through the exec's environment: ``docker exec -e NAME``
 takes the value from the CLI's own environment, so no argv on either side holds it. The module's own
-connections (psycopg2, redis-py) go through the container's namespaces: PostgreSQL's Unix socket under
-``/proc/<pid>/root``, Redis over TCP from inside the container's network namespace. That needs no published
-port, and it needs the engine on the host that runs the task, with the task running as root.
+connections (psycopg2, redis-py) are TCP connections made from inside the container's network namespace (libpq
+through a private relay socket), so they need no published port and never touch the container's files, which a
+process in the container could turn into links to the host's. The engine must run on the host that runs the task,
+and the task as root.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import ctypes
 import os
 import secrets
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 
 from ansible_collections.runbook.ops.plugins.module_utils import _docker
@@ -83,11 +85,11 @@ class Container:
         self.id = inspected["Id"]
         self.name = inspected.get("Name", "").lstrip("/")
         self.pid = int((inspected.get("State") or {}).get("Pid") or 0)
-        self.root = "/proc/%d/root" % self.pid
+        self.netns = "/proc/%d/ns/net" % self.pid
         self.docker_host = docker_host
         self.user = user
-        self.default_user = (inspected.get("Config") or {}).get("User") or ""
         self.cache = {}
+        self.relays = {}
 
     # --- finding it -------------------------------------------------------------------------------
 
@@ -101,8 +103,10 @@ class Container:
         found = cls(inspected, params.get("docker_host"), params.get("container_user"))
         state = inspected.get("State") or {}
         if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
-            raise OpsError("container %s is %s, not running: start it (docker start %s, or docker compose up -d) and run "
-                           "the task again; nothing was written" % (found.name, state.get("Status", "stopped"), found.name))
+            action = "docker unpause %s" % found.name if state.get("Paused") else \
+                "docker start %s, or docker compose up -d" % found.name
+            raise OpsError("container %s is %s, not running: %s, and run the task again; nothing was written"
+                           % (found.name, state.get("Status", "stopped"), action))
         found.check_local()
         return found
 
@@ -135,94 +139,10 @@ class Container:
             raise OpsError("container %s does not run on the host that runs this task (its process %d is not here): run "
                            "the task on the engine's host (delegate_to it), not against a remote docker_host"
                            % (self.name, self.pid))
-        if not os.access(self.root + "/", os.R_OK | os.X_OK):
-            raise OpsError("cannot reach the files of container %s through %s: run the task as root (become: true), with "
-                           "the capabilities a host's root has (CAP_SYS_PTRACE, CAP_SYS_ADMIN; root inside another "
-                           "container may lack them)" % (self.name, self.root))
-
-    # --- files ------------------------------------------------------------------------------------
-
-    def host_path(self, path):
-        """This host's path to ``path`` inside the container; its symlinks resolve inside, never onto the host's files."""
-        parts = [p for p in path.split("/") if p]
-        resolved = []
-        links = 0
-        while parts:
-            part = parts.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            try:
-                link = os.readlink("%s/%s" % (self.root, "/".join(resolved + [part])))
-            except OSError:
-                resolved.append(part)  # not a link, or not there (the caller finds out)
-                continue
-            links += 1
-            if links > _MAX_LINKS:
-                raise OpsError("too many symbolic links under %s in container %s" % (path, self.name))
-            if link.startswith("/"):
-                resolved = []
-            parts = [p for p in link.split("/") if p] + parts
-        return "%s/%s" % (self.root, "/".join(resolved))
-
-    def exec_ids(self):
-        """(uid, gid) the tools run as: container_user, else the container's user, else root."""
-        if "ids" not in self.cache:
-            self.cache["ids"] = self._ids(self.user or self.default_user)
-        return self.cache["ids"]
-
-    def _ids(self, spec):
-        name, _sep, group = (spec or "0").partition(":")
-        uid = gid = None
-        if name.isdigit():
-            uid = int(name)
-        try:
-            with open(self.host_path("/etc/passwd"), encoding="utf-8", errors="replace") as handle:
-                for line in handle:
-                    fields = line.split(":")
-                    if len(fields) > 3 and (fields[0] == name or (uid is not None and fields[2] == str(uid))):
-                        uid, gid = int(fields[2]), int(fields[3])
-                        break
-        except (OSError, ValueError):
-            pass
-        if uid is None:
-            raise OpsError("container_user %r is not a user of container %s (not in its /etc/passwd): give a user name it "
-                           "has, or a numeric uid" % (name, self.name))
-        if group.isdigit():
-            gid = int(group)
-        return uid, uid if gid is None else gid
-
-    @contextlib.contextmanager
-    def scratch(self, prefix=".runbook-"):
-        """A private directory in the container's /tmp: (path on this host, path inside the container)."""
-        inside = "/tmp/%s%s" % (prefix, secrets.token_hex(6))
-        outside = self.host_path(inside)
-        try:
-            os.mkdir(outside, 0o700)
-            os.chown(outside, *self.exec_ids())
-        except OSError as exc:
-            raise OpsError("cannot make a scratch directory %s in container %s: %s (its /tmp must be writable)"
-                           % (inside, self.name, exc.strerror), exception=exc)
-        try:
-            yield outside, inside
-        finally:
-            shutil.rmtree(outside, ignore_errors=True)
-
-    def give(self, path):
-        """Hand a file or directory under a scratch directory to the user the tools run as."""
-        uid, gid = self.exec_ids()
-        os.lchown(path, uid, gid)
-        for top, dirs, files in os.walk(path):
-            for name in dirs + files:
-                os.lchown(os.path.join(top, name), uid, gid)
-
-    def inside(self, host_path):
-        """The container's path for a path this host reaches under its root, else None."""
-        prefix = self.root + "/"
-        return "/" + host_path[len(prefix):] if host_path.startswith(prefix) else None
+        if not os.access(self.netns, os.R_OK):
+            raise OpsError("cannot reach the network of container %s through %s: run the task as root (become: true), "
+                           "with the capabilities a host's root has (CAP_SYS_PTRACE, CAP_SYS_ADMIN; root inside another "
+                           "container may lack them)" % (self.name, self.netns))
 
     # --- running tools ----------------------------------------------------------------------------
 
@@ -244,10 +164,7 @@ class Container:
             cli_env[name] = value
             wrapped += ["-e", name]
         cli_env[TOKEN_VAR] = token
-        for arg in argv:
-            if self.inside(arg) and os.path.lexists(arg):
-                self.give(arg)  # what the module wrote as root, the tool reads as the container's user
-        return wrapped + [self.id] + [self.inside(a) or a for a in argv], cli_env, token
+        return wrapped + [self.id] + list(argv), cli_env, token
 
     def kill(self, token):
         """Kill what an exec with ``token`` started: stopping the CLI alone would close the tool's stdin (EOF)."""
@@ -271,7 +188,7 @@ class Container:
         def work():
             try:
                 libc = ctypes.CDLL(None, use_errno=True)
-                handle = os.open("/proc/%d/ns/net" % self.pid, os.O_RDONLY)
+                handle = os.open(self.netns, os.O_RDONLY)
                 try:
                     if libc.setns(handle, _CLONE_NEWNET) != 0:
                         errno = ctypes.get_errno()
@@ -290,6 +207,70 @@ class Container:
         return box["socket"]
 
 
+    def unix_relay(self, host, port, timeout):
+        """A Unix socket directory on this host whose ``.s.PGSQL.<port>`` leads to ``host:port`` in the container.
+
+        For libpq, which cannot be handed a socket: each connection to the relay opens a TCP connection from inside
+        the container's network namespace and the bytes are copied both ways. Nothing of the container's filesystem
+        is touched, so nothing in the container can redirect the module elsewhere.
+        """
+        key = (host, port)
+        if key not in self.relays:
+            self.relays[key] = _Relay(self, host, port, timeout)
+        return self.relays[key].directory
+
+
+class _Relay:
+    def __init__(self, container, host, port, timeout):
+        # 0700: only this task's user reaches it; in /tmp, as a socket path is limited to 107 bytes
+        self.directory = tempfile.mkdtemp(prefix="rbk-relay-", dir="/tmp")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(os.path.join(self.directory, ".s.PGSQL.%d" % port))
+        self.listener.listen(16)
+        self.target = (container, host, port, timeout)
+        threading.Thread(target=self.serve, daemon=True).start()
+        atexit.register(self.close)
+
+    def serve(self):
+        container, host, port, timeout = self.target
+        while True:
+            try:
+                client, _address = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = container.connect_tcp(host, port, timeout)
+            except OSError:
+                client.close()  # libpq reports the refused connection
+                continue
+            upstream.settimeout(None)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def close(self):
+        try:
+            self.listener.close()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _pump(source, sink):
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 def _on(params):
     return " at %s" % params["docker_host"] if params.get("docker_host") else ""
 
@@ -299,8 +280,11 @@ def describe(container):
 
 
 def explain_exec(exc, container, tool):
-    """A clearer message for a tool the container does not have."""
+    """A clearer message for a tool the container does not have, or a container_user it does not know."""
     text = first_line(exc)
+    if "unable to find user" in text or "no matching entries in passwd" in text:
+        return OpsError("container_user %r is not a user of container %s (%s); nothing was written"
+                        % (container.user, container.name, text), exception=exc)
     if "executable file not found" in text or "exited with 127" in text or "exited with 126" in text:
         return OpsError("container %s has no %s: use the server's own image (it ships its client tools), or install "
                         "them in it; nothing was written" % (container.name, tool), exception=exc)

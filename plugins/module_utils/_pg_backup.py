@@ -58,6 +58,9 @@ class PgBackupJob(_backup.BackupJob):
         pg.validate_connection(self.params)
         pg.validate_db_name(self.subject)
         validate_jobs(self.params["jobs"])
+        if _container.wanted(self.params) and self.params["format"] == "directory":
+            raise OpsError("format directory with a container: pg_dump would write its files inside the container, where "
+                           "a process of the container could swap them; use format custom (restorable in parallel too)")
 
     def facts(self):
         tools = ["pg_dump", "pg_restore"] + (["pg_dumpall"] if self.params["globals"] else [])
@@ -78,16 +81,15 @@ class PgBackupJob(_backup.BackupJob):
         if self.params["format"] == "directory":
             self.dump_directory(pg_dump, sink, what)
         else:
-            proc.stream_command(pg.dump_argv(pg_dump, self.params["format"], self.subject), self.env, sink, what)
+            proc.stream_command(pg.dump_argv(pg_dump, self.params["format"], self.subject, params=self.params), self.env,
+                                sink, what)
         return {"tool_versions": {"pg_dump": pg.tool_version(pg_dump, self.env)}}
 
     def dump_directory(self, pg_dump, sink, what):
         """pg_dump -Fd -j N into a private scratch directory beside the store, then tar it into the sink."""
-        container = _container.of(self.params)
-        with container.scratch(".pgdump-") if container else st.scratch(self.store, ".pgdump-") as scratch:
-            target = os.path.join(scratch[0] if container else scratch, "dump")
-            proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"],
-                                       container.inside(target) if container else target), self.env,
+        with st.scratch(self.store, ".pgdump-") as scratch:
+            target = os.path.join(scratch, "dump")
+            proc.run_tool(pg.dump_argv(pg_dump, "directory", self.subject, self.params["jobs"], target), self.env,
                           what + " (directory format)")
             names = sorted(os.listdir(target))
             if "toc.dat" not in names:
@@ -106,8 +108,8 @@ class PgBackupJob(_backup.BackupJob):
     def produce_globals(self, sink):
         pg_dumpall = self.tool("pg_dumpall")
         role_passwords = bool(self.server.get("superuser"))
-        proc.stream_command(pg.globals_argv(pg_dumpall, self.params["maintenance_db"], role_passwords), self.env, sink,
-                            "pg_dumpall --globals-only")
+        proc.stream_command(pg.globals_argv(pg_dumpall, self.params["maintenance_db"], role_passwords, self.params),
+                            self.env, sink, "pg_dumpall --globals-only")
         return {"globals_file": os.path.basename(sink.path), "globals_role_passwords": role_passwords}
 
     def inspect(self, chunks, manifest):

@@ -11,11 +11,8 @@ transaction that is rolled back on any error.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import secrets
-import shutil
 import time
 
 from ansible_collections.runbook.ops.plugins.module_utils import _backup
@@ -71,6 +68,9 @@ def validate(params):
         if params[option] is not None:
             pg.validate_db_name(params[option], option)
     mf.validate_subject(params["backup_db"] or params["db"], "backup_db" if params["backup_db"] else "db")
+    if _container.wanted(params) and params["mode"] == "in_place" and not params["validate_only"]:
+        raise OpsError("mode in_place with a container: use mode swap (the default), which restores beside the database "
+                       "and checks the result before the old one is set aside; nothing was changed")
     for option in ("owner", "session_role"):
         if params[option] is not None and not params[option].strip():
             raise OpsError("%s is empty: give a role name or leave it out" % option)
@@ -81,6 +81,14 @@ def validate(params):
     if not params["src"].strip():
         raise OpsError("src is empty: give a path, an s3:// uri or latest")
     st.validate(params["store"])
+
+
+def in_one_transaction(chunks):
+    """BEGIN, the script, COMMIT: psql sees COMMIT only when the whole input arrived."""
+    yield b"BEGIN;\n"
+    for data in chunks:
+        yield data
+    yield b"\nCOMMIT;\n"
 
 
 class Report(_report.Report):
@@ -114,7 +122,6 @@ class PgRestore:
         self.report = Report(KIND)
         self.wrote = False
         self.container = None
-        self.container_scratch = None  # (path here, path inside) of a directory the container's tools can read
 
     # --- entry point ------------------------------------------------------------------------------
 
@@ -130,8 +137,7 @@ class PgRestore:
             self.version_num = maintenance.server_version
             if not self.module.check_mode:
                 ddl.drop_stale_scratch(maintenance, self.db)
-            with st.scratch(self.store, ".restore-", self.module.check_mode) as scratch_root, \
-                    self.in_container_scratch() as self.container_scratch:
+            with st.scratch(self.store, ".restore-", self.module.check_mode) as scratch_root:
                 source = _sources.resolve(self.params["src"], self.store, KIND, self.params["backup_db"] or self.db,
                                           scratch_root)
                 self.report.source(source)
@@ -172,12 +178,17 @@ class PgRestore:
         return self.report.result(False)
 
     def prepare(self, source, scratch_root, materialize):
-        if self.container_scratch:
-            scratch_root = self.container_scratch[0]  # what is materialized there, the container's tools can read
+        if self.container is not None:
             if source.is_directory:
-                source.path = self.visible(source.path)
+                raise OpsError("a directory-format backup cannot be restored into a container: pg_restore would have to "
+                               "read its files inside the container; restore a custom-format backup; nothing was changed")
+            materialize = False  # the container's tools read the archive from their stdin, never from files here
         prepared = archive.prepare(source, self.secrets, scratch_root, materialize, self.tool("pg_restore"), self.env())
         self.report.prepared(prepared)
+        if self.container is not None and prepared.format == "directory":
+            raise OpsError("%s is a directory-format backup, which cannot be restored into a container (pg_restore would "
+                           "have to read its files inside the container); restore a custom-format backup; nothing was "
+                           "changed" % source.location)
         return prepared
 
     # --- restore ------------------------------------------------------------------------------------
@@ -277,8 +288,10 @@ class PgRestore:
         """pg_restore (parallel from a file or directory, else streamed) or psql, stopping at the first error."""
         env = self.env()
         role = self.params["owner"] or self.params["session_role"]
+        # no --single-transaction: at the end of its input psql commits that one, even when the input was cut (a killed
+        # task closes the pipe); the BEGIN and COMMIT we send make a cut input end with the transaction still open
         psql = [self.tool("psql"), "--no-password", "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1",
-                "--single-transaction", "--dbname", pg.conninfo(database), "--file", "-"]
+                "--dbname", pg.conninfo(database, self.params), "--file", "-"]
         if prepared.format == "plain":
             stream = prepared.source.plaintext(self.secrets)
             if role:
@@ -289,7 +302,7 @@ class PgRestore:
                 warn("%s cannot turn off psql meta-commands (\\restrict needs psql 13.22, 14.19, 15.14, 16.10, 17.6 or "
                      "later); the SQL file was checked line by line instead: upgrade the PostgreSQL client"
                      % pg.tool_version(psql[0], env))
-            proc.feed_command(psql, env, stream, "psql restoring into %s" % database)
+            proc.feed_command(psql, env, in_one_transaction(stream), "psql restoring into %s" % database)
             self.report.update(jobs=1)
             return
         argv = [self.tool("pg_restore"), "--no-password", "--exit-on-error"]
@@ -301,9 +314,9 @@ class PgRestore:
         if clean:
             self.load_clean(prepared, database, argv, psql, env, what)
             return
-        location = self.visible(prepared.location) if prepared.location else None
+        location = prepared.location if self.container is None else None  # a container's tools read their stdin
         jobs = self.params["jobs"] if location else 1
-        argv += ["--dbname", pg.conninfo(database)] + (["--jobs", str(jobs)] if jobs > 1 else [])
+        argv += ["--dbname", pg.conninfo(database, self.params)] + (["--jobs", str(jobs)] if jobs > 1 else [])
         self.report.update(jobs=jobs)
         if location:
             proc.run_tool(argv + [location], env, what)
@@ -315,7 +328,7 @@ class PgRestore:
 
         Drops of what partitions inherit are left out: PostgreSQL refuses them and drops them with the parent's.
         """
-        location = self.visible(prepared.location)
+        location = prepared.location
         clean_script = proc.command_output(argv + ["--clean", "--if-exists", "--file", "-", location], env,
                                            "pg_restore --clean")
         try:
@@ -330,7 +343,7 @@ class PgRestore:
         kept, skipped = archive.without_inherited(drops, constraints, indexes)
         clean = "".join(line + "\n" for line in kept).encode("utf-8")
         script = proc.command_output(argv + ["--file", "-", location], env, what)
-        proc.feed_command(psql, env, itertools.chain([clean], script), "psql restoring into %s" % database)
+        proc.feed_command(psql, env, in_one_transaction(itertools.chain([clean], script)), "psql restoring into %s" % database)
         self.report.update(jobs=1, dropped_first=len(kept), inherited_drops_skipped=len(skipped))
 
     def check(self, database):
@@ -394,21 +407,3 @@ class PgRestore:
 
     def tool(self, name):
         return pg.tool(name, self.version_num, self.params)
-
-    def in_container_scratch(self):
-        if self.container is None:
-            return contextlib.nullcontext(None)
-        return self.container.scratch(".restore-")
-
-    def visible(self, path):
-        """``path`` where the tools can read it: inside the container, a copy in its scratch directory."""
-        if self.container is None:
-            return path
-        if self.container.inside(path) is None:
-            copy = os.path.join(self.container_scratch[0], os.path.basename(path.rstrip("/")) or "source")
-            if os.path.isdir(path):
-                shutil.copytree(path, copy)
-            else:
-                shutil.copyfile(path, copy)
-            path = copy
-        return path

@@ -18,7 +18,6 @@ from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsErro
 from ansible_collections.runbook.ops.plugins.module_utils._process import feed_command, run_tool
 
 CONNECT_TIMEOUT = 10
-SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")  # where servers in containers put their socket
 
 
 def connection_argspec_ex():
@@ -37,6 +36,9 @@ def connection_argspec_ex():
 
 
 def validate_connection(params):
+    if _container.wanted(params) and params.get("login_unix_socket"):
+        raise OpsError("login_unix_socket with a container: the module reaches the server over TCP inside the "
+                       "container's own network (login_host, default localhost, and login_port); leave it out")
     if not 0 < params["login_port"] < 65536:
         raise OpsError("login_port is %d: a port is 1-65535" % params["login_port"])
     if params.get("connect_timeout") is not None and params["connect_timeout"] < 1:
@@ -58,12 +60,22 @@ def validate_db_name(name, option="db"):
 KEEPALIVES = " keepalives=1 keepalives_idle=30 keepalives_interval=10 keepalives_count=6"
 
 
-def conninfo(dbname):
+def _quoted(value):
+    return "'%s'" % str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def conninfo(dbname, params=None):
     """``dbname='...'`` with libpq's quoting: the tools take it as a connection string, never as a bare name.
 
-    TCP keepalives make a tool notice a dead network path in about 90 s instead of hanging.
+    TCP keepalives make a tool notice a dead network path in about 90 s instead of hanging. In a container, host,
+    port and user are written into it too: a service file named by the container's own environment (PGSERVICE)
+    would otherwise win over PGHOST and PGPORT and lead the tool to another server.
     """
-    return "dbname='%s'" % dbname.replace("\\", "\\\\").replace("'", "\\'") + KEEPALIVES
+    text = "dbname=%s" % _quoted(dbname) + KEEPALIVES
+    if params is not None and _container.of(params) is not None:
+        host, port = _inside(params)
+        text += " host=%s port=%s user=%s" % (_quoted(host), _quoted(port), _quoted(params.get("login_user") or "postgres"))
+    return text
 
 
 def _timeout(params):
@@ -71,32 +83,32 @@ def _timeout(params):
 
 
 def reach(params, tools=()):
-    """The container the options name (None without one), its server's socket, and its ``tools``, checked.
+    """The container the options name (None without one), with its ``tools`` checked.
 
     Called after the options are validated and before anything is written, so a container that is missing,
-    stopped, on another host, without a server socket or without the tools fails first.
+    stopped, on another host or without the tools fails first.
     """
     container = _container.resolve(params)
     if container is None:
         return None
-    if "pg_socket" not in container.cache:
-        container.cache["pg_socket"] = _socket_dir(container, params)
+    host, port = _inside(params)
+    if ("tcp", host, port) not in container.cache:
+        try:
+            container.connect_tcp(host, port, _timeout(params)).close()
+        except OSError as exc:
+            raise OpsError("nothing answers on %s:%d inside container %s (%s): is PostgreSQL up there and listening on "
+                           "TCP (listen_addresses)? login_host and login_port are as seen from inside the container"
+                           % (host, port, container.name, exc.strerror or exc), exception=exc)
+        container.cache[("tcp", host, port)] = True
     for name in tools:
         if name not in container.cache:
             container.cache[name] = tool_version(name, libpq_env(params), required=True)
     return container
 
 
-def _socket_dir(container, params):
-    port = int(params.get("login_port") or 5432)
-    name = ".s.PGSQL.%d" % port
-    candidates = [params["login_unix_socket"]] if params.get("login_unix_socket") else SOCKET_DIRS
-    for directory in candidates:
-        if os.path.exists(os.path.join(container.host_path(directory), name)):
-            return directory
-    raise OpsError("no PostgreSQL socket %s in %s inside container %s: is the server up and on port %d? Give "
-                   "login_unix_socket (the socket's directory inside the container) when it is elsewhere"
-                   % (name, " or ".join(candidates), container.name, port))
+def _inside(params):
+    """Host and port of the server as seen from inside its container."""
+    return params.get("login_host") or "localhost", int(params.get("login_port") or 5432)
 
 
 def where(params):
@@ -110,8 +122,8 @@ def where(params):
 def libpq_env(params):
     container = _container.of(params)
     if container is not None:
-        return container.env(dict(PGHOST=container.cache["pg_socket"], PGPORT=params.get("login_port") or 5432,
-                                  PGUSER=params.get("login_user") or "postgres", PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
+        host, port = _inside(params)
+        return container.env(dict(PGHOST=host, PGPORT=port, PGUSER=params.get("login_user") or "postgres", PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
                                   PGPASSWORD=params.get("login_password") or None))
     host = params.get("login_unix_socket") or params["login_host"]
     env = dict(os.environ, PGHOST=host, PGPORT=str(params["login_port"]), PGUSER=params["login_user"],
@@ -129,8 +141,8 @@ def connect_kwargs(params, db, application_name="runbook.ops", connect_timeout=N
     """psycopg2 connection arguments from the connection options shared by every module."""
     container = _container.of(params)
     host = params.get("login_unix_socket") or params.get("login_host") or "localhost"
-    if container is not None:
-        host = container.host_path(container.cache["pg_socket"])  # the server's own socket, reached from here
+    if container is not None:  # TCP inside the container's network, through a private relay socket here
+        host = container.unix_relay(*_inside(params), timeout=connect_timeout or _timeout(params))
     kwargs = dict(host=host,
                   port=int(params.get("login_port") or 5432), user=params.get("login_user") or "postgres",
                   dbname=db, sslmode=params.get("ssl_mode") or "prefer",
@@ -214,8 +226,8 @@ def tool_version(path, env=None, required=False):
         return None
 
 
-def dump_argv(pg_dump, fmt, db, jobs=1, directory=None):
-    argv = [pg_dump, "--no-password", "--dbname", conninfo(db)]
+def dump_argv(pg_dump, fmt, db, jobs=1, directory=None, params=None):
+    argv = [pg_dump, "--no-password", "--dbname", conninfo(db, params)]
     if fmt == "custom":
         argv += ["--format=custom", "--compress=0"]
     elif fmt == "directory":
@@ -225,8 +237,8 @@ def dump_argv(pg_dump, fmt, db, jobs=1, directory=None):
     return argv
 
 
-def globals_argv(pg_dumpall, maintenance_db="postgres", role_passwords=True):
-    argv = [pg_dumpall, "--no-password", "--globals-only", "--dbname", conninfo(maintenance_db)]
+def globals_argv(pg_dumpall, maintenance_db="postgres", role_passwords=True, params=None):
+    argv = [pg_dumpall, "--no-password", "--globals-only", "--dbname", conninfo(maintenance_db, params)]
     return argv if role_passwords else argv + ["--no-role-passwords"]
 
 

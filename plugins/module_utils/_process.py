@@ -122,8 +122,8 @@ def run_tool(argv, env, what, stdin=None, timeout=None):
     except BaseException:
         _stop(proc)
         raise
-    if proc.returncode != 0:
-        raise OpsError("%s %s: %s" % (what, exit_text(proc.returncode), last_line(stderr)))
+    if proc.returncode != 0:  # some tools (and docker exec) say why on stdout
+        raise OpsError("%s %s: %s" % (what, exit_text(proc.returncode), last_line(stderr if stderr.strip() else stdout)))
     return stdout
 
 

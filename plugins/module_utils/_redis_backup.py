@@ -42,6 +42,9 @@ class RedisBackupJob(_backup.BackupJob):
 
     def validate(self):
         rd.validate_connection(self.params)
+        if _container.wanted(self.params) and (self.params["method"] == "bgsave" or self.params["rdb_path"]):
+            raise OpsError("method bgsave and rdb_path read the server's file from this host, which for a container "
+                           "would follow links a process in it could make; use method replication (auto picks it)")
         for option in ("bgsave_timeout", "idle_timeout"):
             if self.params[option] < 1:
                 raise OpsError("%s is %d: give at least 1 second" % (option, self.params[option]))
@@ -59,14 +62,13 @@ class RedisBackupJob(_backup.BackupJob):
 
     def local_rdb(self):
         """Where the server writes its RDB when that is on this host, else None."""
-        container = _container.of(self.params)
+        if _container.of(self.params) is not None:
+            return None  # its files are the container's: reading them from here would follow links it made
         if self.params["rdb_path"]:
-            return container.host_path(self.params["rdb_path"]) if container else self.params["rdb_path"]
-        if container is None and self.params["login_host"] not in LOCAL_HOSTS:
+            return self.params["rdb_path"]
+        if self.params["login_host"] not in LOCAL_HOSTS:
             return None
         directory, name = rd.config_get(self.conn, "dir"), rd.config_get(self.conn, "dbfilename")
-        if directory and name and container is not None:
-            directory = container.host_path(directory)  # the container's file, read from here
         if directory and name and os.access(directory, os.R_OK | os.X_OK):
             return os.path.join(directory, name)
         return None

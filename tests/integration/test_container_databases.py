@@ -25,7 +25,10 @@ def compose_yaml(image, volumes, pg_command, redis_command):
                                          else "REDISCLI_AUTH=\"$$REDIS_PASSWORD\" redis-cli ping | grep -q PONG"],
                                 "interval": "1s", "retries": 30}}
     return json.dumps({"services": {
-        "db": service("db", pg_command, "postgres", {"POSTGRES_PASSWORD": PG_PASSWORD}),
+        # a service file in the container's environment that points elsewhere: libpq would prefer it to PGHOST/PGPORT
+        "db": service("db", "printf '[decoy]\\nhost=127.0.0.1\\nport=5499\\n' > /tmp/pg_service.conf; " + pg_command,
+                      "postgres", {"POSTGRES_PASSWORD": PG_PASSWORD, "PGSERVICE": "decoy",
+                                   "PGSERVICEFILE": "/tmp/pg_service.conf"}),
         "cache": service("cache", redis_command, "0", {"REDIS_PASSWORD": REDIS_PASSWORD}),
     }})
 
@@ -51,8 +54,8 @@ def ident(name):
     return '"%s"' % name.replace('"', '""')
 
 
-def conninfo(db):
-    return "dbname='%s'" % db.replace("\\", "\\\\").replace("'", "\\'")
+def conninfo(db):  # host and port written in: the container's PGSERVICE points elsewhere
+    return "dbname='%s' host=/var/run/postgresql port=5432" % db.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def psql(engine, sql, db="postgres"):
@@ -113,22 +116,29 @@ def test_postgres_in_a_compose_service_is_backed_up_verified_and_restored_with_n
         assert PG_PASSWORD not in run.stdout + run.stderr + json.dumps(run.results)
 
 
-def test_directory_format_and_in_place_restores_run_the_tools_inside_the_container(ansible, platform, tmp_path):
+def test_what_would_put_files_in_the_container_is_refused_before_anything_changes(ansible, platform, tmp_path):
+    """The module never reads or writes the container's files (a process there could link them to the host's):
+    directory-format dumps and in_place restores are refused; a swap restore streams with one job."""
     engine = platform["engine"]
-    store = {"dir": str(tmp_path / "store")}
-    made = ansible.play(task("pg_backup", dict(reach(engine, "db"), db=DB, format="directory", jobs=2, store=store)))
+    store = tmp_path / "store"
+    made = ansible.play(task("pg_backup", dict(reach(engine, "db"), db=DB, format="directory", store={"dir": str(store)})))
+    assert made.rc != 0 and "format directory with a container" in made.task("pg_backup")["result"]["msg"]
+    assert files(store) == []
+    made = ansible.play(task("pg_backup", dict(reach(engine, "db"), db=DB, store={"dir": str(store)})))
     assert made.rc == 0, made
-    copy = "copy of %s" % DB[:20]
-    run = ansible.play(task("pg_restore", dict(reach(engine, "db"), db=copy, backup_db=DB, src="latest", jobs=2,
-                                               store=store, compare_with=DB)) +
-                       task("pg_restore", dict(reach(engine, "db"), db=copy + " 2", backup_db=DB, src="latest",
-                                               mode="in_place", store=store), register="in_place"))
-    assert run.rc == 0, run
-    swap = [r for r in run.results if r["task"] == "pg_restore"][0]["result"]
-    assert swap["restore"]["comparison"]["match"] and swap["restore"]["jobs"] == 2
-    assert psql(engine, "SELECT count(*) FROM items", db=copy + " 2") == psql(engine, "SELECT count(*) FROM items", db=DB)
+    copy = "copy of %s" % DB
+    before = psql(engine, "SELECT count(*) FROM pg_database")
+    in_place = ansible.play(task("pg_restore", dict(reach(engine, "db"), db=copy, backup_db=DB, src="latest",
+                                                    mode="in_place", store={"dir": str(store)})))
+    assert in_place.rc != 0 and "mode in_place with a container" in in_place.task("pg_restore")["result"]["msg"]
+    assert psql(engine, "SELECT count(*) FROM pg_database") == before
+    swap = ansible.play(task("pg_restore", dict(reach(engine, "db"), db=copy, backup_db=DB, src="latest", jobs=4,
+                                                store={"dir": str(store)}, compare_with=DB)))
+    assert swap.rc == 0, swap
+    report = swap.task("pg_restore")["result"]["restore"]
+    assert report["comparison"]["match"] and report["jobs"] == 1
     leftovers = engine.docker("exec", "%s-db-1" % PROJECT, "sh", "-c", "ls -A /tmp").stdout.split()
-    assert [name for name in leftovers if name.startswith(".")] == []  # scratch directories removed
+    assert [name for name in leftovers if name.startswith(".")] == []  # nothing was put in the container
 
 
 def redis_content(engine):
@@ -136,7 +146,7 @@ def redis_content(engine):
     return dict(zip(keys, redis_cli(engine, "redis-cli", "MGET", *keys).split("\n")))
 
 
-def test_redis_in_a_container_backed_up_both_ways_and_restored_live(ansible, platform, tmp_path):
+def test_redis_in_a_container_backed_up_and_restored_live(ansible, platform, tmp_path):
     engine = platform["engine"]
     store = {"dir": str(tmp_path / "store")}
     by_name = {"container": "%s-cache-1" % PROJECT, "docker_host": engine.host, "login_password": REDIS_PASSWORD}
@@ -148,8 +158,10 @@ def test_redis_in_a_container_backed_up_both_ways_and_restored_live(ansible, pla
     assert scan.leaks == [] and any(b"--rdb" in c for c in scan.seen)
     assert run.rc == 0, run
     results = [r["result"]["backup"] for r in run.results if r["task"] == "redis_backup"]
-    assert [r["method"] for r in results] == ["replication", "bgsave"]  # bgsave: its file read through /proc/<pid>/root
+    assert [r["method"] for r in results] == ["replication", "replication"]  # auto never reads the container's files
     assert all(r["keys"] == {"0": 300} and r["verified"] for r in results)
+    refused = ansible.play(task("redis_backup", dict(by_name, name="cache", method="bgsave", store=store)))
+    assert refused.rc != 0 and "use method replication" in refused.task("redis_backup")["result"]["msg"]
     redis_cli(engine, "redis-cli", "FLUSHALL")
     with ArgvScanner([REDIS_PASSWORD], [b"redis-cli"]) as scan:  # its safety backup runs redis-cli in the container
         restored = ansible.play(task("redis_restore", dict(by_name, name="cache", src="latest", store=store)))
@@ -178,7 +190,7 @@ def test_health_probe_reaches_servers_in_containers_and_names_what_is_wrong(ansi
     assert "no container named 'no-such-container'" in rows["redis://no-such-container:6379"]["error"]
 
 
-@pytest.mark.parametrize("case", ["missing", "stopped", "no tool", "no server socket", "compose service absent"])
+@pytest.mark.parametrize("case", ["missing", "stopped", "no tool", "no server", "compose service absent", "unknown container_user"])
 def test_a_container_that_is_missing_stopped_or_lacks_the_tool_fails_before_anything_is_written(
         ansible, platform, tmp_path, case):
     engine = platform["engine"]
@@ -191,11 +203,13 @@ def test_a_container_that_is_missing_stopped_or_lacks_the_tool_fails_before_anyt
     elif case == "no tool":  # a Redis server whose container has no redis-cli on its PATH
         engine.docker("run", "-d", "--name", name, "--network", "none", "-e", "PATH=/nowhere", *sum(
             (["-v", v] for v in engine.db_volumes()), []), image, "/usr/bin/redis-server", "--port", "6379")
-    elif case == "no server socket":
+    elif case in ("no server", "unknown container_user"):
         engine.docker("run", "-d", "--name", name, "--network", "none", *sum((["-v", v] for v in engine.db_volumes()), []),
                       image, "sleep", "600")
     if case == "compose service absent":
         options = dict(reach(engine, "db"), compose_service="worker")
+    elif case == "unknown container_user":
+        options = dict(reach(engine, "db"), container_user="nosuchuser")
     else:
         options = {"container": name, "docker_host": engine.host}
     module = "redis_backup" if case == "no tool" else "pg_backup"
@@ -204,7 +218,8 @@ def test_a_container_that_is_missing_stopped_or_lacks_the_tool_fails_before_anyt
     run = ansible.play(task(module, options))
     msg = run.task(module)["result"]["msg"]
     expected = {"missing": "no container named", "stopped": "not running", "no tool": "has no redis-cli",
-                "no server socket": "no PostgreSQL socket", "compose service absent": "no running container of service 'worker'"}
+                "no server": "nothing answers on localhost:5432 inside container", "compose service absent": "no running container of service 'worker'",
+                "unknown container_user": "container_user 'nosuchuser' is not a user of container"}
     assert run.rc != 0 and expected[case] in msg, msg
     assert files(store) == []
     engine.docker("rm", "-f", name, check=False)
