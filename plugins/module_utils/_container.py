@@ -206,7 +206,6 @@ class Container:
             raise box["error"]
         return box["socket"]
 
-
     def unix_relay(self, host, port, timeout):
         """A Unix socket directory on this host whose ``.s.PGSQL.<port>`` leads to ``host:port`` in the container.
 

@@ -123,7 +123,8 @@ def libpq_env(params):
     container = _container.of(params)
     if container is not None:
         host, port = _inside(params)
-        return container.env(dict(PGHOST=host, PGPORT=port, PGUSER=params.get("login_user") or "postgres", PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
+        return container.env(dict(PGHOST=host, PGPORT=port, PGUSER=params.get("login_user") or "postgres",
+                                  PGCONNECT_TIMEOUT=_timeout(params), PGAPPNAME="runbook.ops",
                                   PGPASSWORD=params.get("login_password") or None))
     host = params.get("login_unix_socket") or params["login_host"]
     env = dict(os.environ, PGHOST=host, PGPORT=str(params["login_port"]), PGUSER=params["login_user"],
