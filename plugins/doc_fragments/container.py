@@ -14,10 +14,13 @@ options:
       - The server runs in this container (name or id). The client tools (C(pg_dump), C(psql), C(redis-cli) ...)
         then run inside it through the engine's exec API, so they match the server and need nothing installed on
         the host; their output streams into the same pipeline as on the host (their input, for restores).
-      - The module's own connections reach the server without a published port, from inside the container's
-        namespaces (PostgreSQL through its Unix socket, Redis over TCP in the container's network). The connection
-        options are then as seen from inside the container (the port, and for PostgreSQL C(login_unix_socket), the
-        socket's directory inside the container).
+      - The module's own connections are TCP connections made from inside the container's network namespace, so no
+        port needs publishing. The connection options are as seen from inside the container (C(login_host), default
+        localhost, and C(login_port)).
+      - The module never reads or writes the container's files (a process in it could link them to the host's). So
+        what would need them is refused, before anything is written. That is a C(pg_backup) directory format, a
+        C(pg_restore) in_place mode or directory-format source, and a C(redis_backup) bgsave method or rdb_path.
+        Custom-format restores stream into C(pg_restore) with one job.
       - The engine must run on the host that runs the task, and the task must run as root (C(become)).
       - Passwords reach the exec'd tools through their environment, never their argv.
       - A container that is missing, stopped, on another host, or lacks the tools fails the task before anything

@@ -150,8 +150,8 @@ options:
       container:
         description:
           - (postgres, redis) The server runs in this container, with no published port needed. The probe connects
-            from inside the container's namespaces (PostgreSQL through its Unix socket, Redis over TCP in the
-            container's network), so O(targets[].login_port) is the port inside the container.
+            over TCP from inside the container's network namespace, so O(targets[].login_host) and
+            O(targets[].login_port) are as seen from inside the container.
           - The engine must run on the host that runs the task, and the task as root. A missing or stopped container
             makes the target unhealthy, with that reason.
         type: str
