@@ -86,8 +86,7 @@ def validate(params):
 def in_one_transaction(chunks):
     """BEGIN, the script, COMMIT: psql sees COMMIT only when the whole input arrived."""
     yield b"BEGIN;\n"
-    for data in chunks:
-        yield data
+    yield from chunks
     yield b"\nCOMMIT;\n"
 
 

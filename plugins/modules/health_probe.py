@@ -168,8 +168,8 @@ options:
         type: str
       queues:
         description:
-          - (redis) Queue depth limits, for Celery's queues (Redis lists named like the queues), for example
-            C({celery: 1000}) or C({celery: {warn: 100, crit: 1000}}).
+          - "(redis) Queue depth limits, for Celery's queues (Redis lists named like the queues), for example
+            C({celery: 1000}) or C({celery: {warn: 100, crit: 1000}})."
           - A queue longer than C(crit) makes the target C(unhealthy), longer than C(warn) C(degraded). A key that is
             not a list makes it C(unhealthy). A missing key is an empty queue.
         type: dict
