@@ -28,6 +28,11 @@ from ansible_collections.runbook.ops.plugins.module_utils import _docker
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, first_line
 
 TOKEN_VAR = "RUNBOOK_EXEC"
+# What the container's own environment could use to send a client elsewhere (a libpq service file, a host address)
+# or change what it does: unset for every tool (``env -u``); the module's values are given by name after it.
+UNSET = ("PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR", "PGHOSTADDR", "PGOPTIONS", "PGDATABASE", "PGREQUIREAUTH",
+         "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS")
+RELAY_PREFIX = "rbk-relay-"
 API_TIMEOUT = 30
 _CLONE_NEWNET = 0x40000000
 _MAX_LINKS = 40
@@ -164,7 +169,8 @@ class Container:
             cli_env[name] = value
             wrapped += ["-e", name]
         cli_env[TOKEN_VAR] = token
-        return wrapped + [self.id] + list(argv), cli_env, token
+        unset = [arg for name in UNSET if name not in env for arg in ("-u", name)]
+        return wrapped + [self.id, "/usr/bin/env"] + unset + list(argv), cli_env, token
 
     def kill(self, token):
         """Kill what an exec with ``token`` started: stopping the CLI alone would close the tool's stdin (EOF)."""
@@ -221,8 +227,10 @@ class Container:
 
 class _Relay:
     def __init__(self, container, host, port, timeout):
-        # 0700: only this task's user reaches it; in /tmp, as a socket path is limited to 107 bytes
-        self.directory = tempfile.mkdtemp(prefix="rbk-relay-", dir="/tmp")
+        # 0700: only this task's user reaches it; in /tmp, as a socket path is limited to 107 bytes; named by our pid so
+        # a later task removes it if this one is killed
+        _sweep_relays()
+        self.directory = tempfile.mkdtemp(prefix="%s%d-" % (RELAY_PREFIX, os.getpid()), dir="/tmp")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(os.path.join(self.directory, ".s.PGSQL.%d" % port))
         self.listener.listen(16)
@@ -251,6 +259,24 @@ class _Relay:
             self.listener.close()
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _sweep_relays():
+    """Remove relay directories of tasks that are gone (killed before they could)."""
+    try:
+        names = os.listdir("/tmp")
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(RELAY_PREFIX):].split("-", 1)[0]
+        if not name.startswith(RELAY_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join("/tmp", name), ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _pump(source, sink):
@@ -284,6 +310,9 @@ def explain_exec(exc, container, tool):
     if "unable to find user" in text or "no matching entries in passwd" in text:
         return OpsError("container_user %r is not a user of container %s (%s); nothing was written"
                         % (container.user, container.name, text), exception=exc)
+    if "stat /usr/bin/env" in text or 'exec: "/usr/bin/env"' in text:  # env itself is missing
+        return OpsError("container %s has no env (coreutils or busybox), which its tools are started with so that its "
+                        "own environment cannot send them to another server" % container.name, exception=exc)
     if "executable file not found" in text or "exited with 127" in text or "exited with 126" in text:
         return OpsError("container %s has no %s: use the server's own image (it ships its client tools), or install "
                         "them in it; nothing was written" % (container.name, tool), exception=exc)

@@ -60,7 +60,7 @@ class PgBackupJob(_backup.BackupJob):
         validate_jobs(self.params["jobs"])
         if _container.wanted(self.params) and self.params["format"] == "directory":
             raise OpsError("format directory with a container: pg_dump would write its files inside the container, where "
-                           "a process of the container could swap them; use format custom (restorable in parallel too)")
+                           "a process of the container could swap them; use format custom")
 
     def facts(self):
         tools = ["pg_dump", "pg_restore"] + (["pg_dumpall"] if self.params["globals"] else [])

@@ -107,8 +107,10 @@ def reach(params, tools=()):
 
 
 def _inside(params):
-    """Host and port of the server as seen from inside its container."""
-    return params.get("login_host") or "localhost", int(params.get("login_port") or 5432)
+    """Host and port of the server as seen from inside its container: localhost as 127.0.0.1, so the container's own
+    /etc/hosts (its root can write it) cannot send the tools or the relay elsewhere."""
+    host = params.get("login_host") or "localhost"
+    return "127.0.0.1" if host == "localhost" else host, int(params.get("login_port") or 5432)
 
 
 def where(params):

@@ -25,10 +25,11 @@ def compose_yaml(image, volumes, pg_command, redis_command):
                                          else "REDISCLI_AUTH=\"$$REDIS_PASSWORD\" redis-cli ping | grep -q PONG"],
                                 "interval": "1s", "retries": 30}}
     return json.dumps({"services": {
-        # a service file in the container's environment that points elsewhere: libpq would prefer it to PGHOST/PGPORT
-        "db": service("db", "printf '[decoy]\\nhost=127.0.0.1\\nport=5499\\n' > /tmp/pg_service.conf; " + pg_command,
-                      "postgres", {"POSTGRES_PASSWORD": PG_PASSWORD, "PGSERVICE": "decoy",
-                                   "PGSERVICEFILE": "/tmp/pg_service.conf"}),
+        # a service file and a host address in the container's environment that point elsewhere: libpq would prefer
+        # them to PGHOST/PGPORT
+        "db": service("db", "printf '[decoy]\\nhost=127.0.0.1\\nhostaddr=127.0.0.2\\nport=5499\\n' > /tmp/pg_service.conf; "
+                      + pg_command, "postgres", {"POSTGRES_PASSWORD": PG_PASSWORD, "PGSERVICE": "decoy",
+                                                 "PGSERVICEFILE": "/tmp/pg_service.conf", "PGHOSTADDR": "127.0.0.2"}),
         "cache": service("cache", redis_command, "0", {"REDIS_PASSWORD": REDIS_PASSWORD}),
     }})
 
@@ -59,8 +60,9 @@ def conninfo(db):  # host and port written in: the container's PGSERVICE points 
 
 
 def psql(engine, sql, db="postgres"):
-    return engine.docker("exec", "-e", "PGPASSWORD", "%s-db-1" % PROJECT, "psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-d",
-                         conninfo(db), "-c", sql, env={"PGPASSWORD": PG_PASSWORD}).stdout.strip()
+    return engine.docker("exec", "-e", "PGPASSWORD", "%s-db-1" % PROJECT, "env", "-u", "PGHOSTADDR", "-u", "PGSERVICE",
+                         "psql", "-XAt", "-v", "ON_ERROR_STOP=1", "-d", conninfo(db), "-c", sql,
+                         env={"PGPASSWORD": PG_PASSWORD}).stdout.strip()
 
 
 def redis_cli(engine, *argv):
@@ -218,7 +220,7 @@ def test_a_container_that_is_missing_stopped_or_lacks_the_tool_fails_before_anyt
     run = ansible.play(task(module, options))
     msg = run.task(module)["result"]["msg"]
     expected = {"missing": "no container named", "stopped": "not running", "no tool": "has no redis-cli",
-                "no server": "nothing answers on localhost:5432 inside container", "compose service absent": "no running container of service 'worker'",
+                "no server": "nothing answers on 127.0.0.1:5432 inside container", "compose service absent": "no running container of service 'worker'",
                 "unknown container_user": "container_user 'nosuchuser' is not a user of container"}
     assert run.rc != 0 and expected[case] in msg, msg
     assert files(store) == []
@@ -229,7 +231,8 @@ def test_sigterm_half_way_stops_the_tool_inside_the_container_and_keeps_nothing(
     engine = platform["engine"]
     store = tmp_path / "store"
     # a session holding an exclusive lock makes pg_dump inside the container wait on its first table
-    blocker = engine.docker("exec", "-d", "-e", "PGPASSWORD", "%s-db-1" % PROJECT, "psql", "-X", "-d", conninfo(DB), "-c",
+    blocker = engine.docker("exec", "-d", "-e", "PGPASSWORD", "%s-db-1" % PROJECT, "env", "-u", "PGHOSTADDR", "-u",
+                            "PGSERVICE", "psql", "-X", "-d", conninfo(DB), "-c",
                             "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
                             env={"PGPASSWORD": PG_PASSWORD})
     assert blocker.returncode == 0

@@ -28,7 +28,10 @@ def test_secrets_travel_by_name_and_host_paths_become_container_paths(box, monke
     assert cli_env["DOCKER_HOST"] == "unix:///run/engine.sock" and cli_env[_container.TOKEN_VAR] == token
     assert argv[:5] == ["/usr/bin/docker", "exec", "-i", "-e", _container.TOKEN_VAR]
     assert argv[5:7] == ["-u", "postgres"]
-    assert argv[-3:] == ["f" * 64, "pg_restore", "--list"]  # by id: a name is never an option
+    at = argv.index("f" * 64)  # by id: a name is never an option
+    assert argv[at + 1] == "/usr/bin/env" and argv[-2:] == ["pg_restore", "--list"]
+    unset = argv[at + 2:-2]
+    assert unset[::2] == ["-u"] * len(_container.UNSET) and set(unset[1::2]) == set(_container.UNSET)
     assert "-e" in argv and "PGPASSWORD" in argv
 
 
