@@ -142,9 +142,9 @@ class PlaybookRun:
         self.stderr = proc.stderr
         self.results = results
 
-    def task(self, name):
-        """The result of the last run of the task named ``name``."""
-        matches = [r for r in self.results if r["task"] == name]
+    def task(self, name, host=None):
+        """The result of the last run of the task named ``name`` (on ``host`` when given)."""
+        matches = [r for r in self.results if r["task"] == name and host in (None, r["host"])]
         assert matches, "task %r did not run; ran: %s\n%s" % (name, [r["task"] for r in self.results], self.stdout[-3000:])
         return matches[-1]
 

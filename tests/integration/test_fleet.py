@@ -297,3 +297,156 @@ def test_a_host_reboots_and_its_services_come_back(fleet, provisioned):
     assert run.rc == 0, run
     assert run.task("Reboot")["result"]["rebooted"] is True
     assert "app" in fleet.ssh("db1", "sudo -u postgres psql -Atc 'SELECT datname FROM pg_database'").stdout
+
+
+# --- rolling patching (issue 12): a local apt repository served to the fleet ---------------------------------------
+
+PATCH = REPO / "playbooks" / "patch.yml"
+KERNEL_POSTINST = "touch /var/run/reboot-required; echo runbook-patch-kernel >> /var/run/reboot-required.pkgs"
+BREAKER_POSTINST = ("docker ps -q --filter label=com.docker.compose.service=web | xargs -r docker stop -t 1 >/dev/null"
+                    " || true")
+ALL_HOSTS = ("app1", "app2", "cache1", "db1")
+
+
+def version(fleet, host, package):
+    out = fleet.ssh(host, "dpkg-query -W -f '${Version}' %s 2>/dev/null" % package, check=False)
+    return out.stdout.strip() or None
+
+
+def boot_mark(fleet, host):
+    return fleet.ssh(host, "cut -d' ' -f22 /proc/1/stat").stdout.strip()
+
+
+def patch_lines(run):
+    return run.task("Show one line per host")["result"]["msg"]
+
+
+@pytest.fixture(scope="module")
+def patch_repo(fleet, provisioned, tmp_path_factory):
+    """The fleet's apt sources become the test repository only (deterministic: no Debian update joins in); the
+    packages every host has at 1.0 are installed, app1 gets one whose next version breaks its web service and cache1
+    one whose next version asks for a reboot. Afterwards the Debian sources come back."""
+    from apt_repo import AptRepo
+    repo = AptRepo(tmp_path_factory.mktemp("apt-repo"))
+    repo.add("fleet-security", "runbook-patch-common", "1.0")
+    repo.add("fleet", "runbook-patch-feature", "1.0")
+    repo.add("fleet", "runbook-patch-kernel", "1.0")
+    repo.add("fleet-security", "runbook-patch-breaker", "1.0")
+    url = repo.serve(fleet.state["gateway"])
+    gateway = fleet.state["gateway"]
+    setup = ("sudo mv /etc/apt/sources.list /etc/apt/sources.list.runbook-test && "
+             "printf 'deb [trusted=yes] %s/ fleet main\\ndeb [trusted=yes] %s/ fleet-security main\\n' "
+             "| sudo tee /etc/apt/sources.list.d/runbook-test.list >/dev/null && "
+             "echo 'Acquire::http::Proxy::%s \"DIRECT\";' | sudo tee /etc/apt/apt.conf.d/02runbook-test >/dev/null && "
+             "sudo apt-get update -qq --error-on=any" % (url, url, gateway))
+    extra = {"cache1": " runbook-patch-kernel", "app1": " runbook-patch-breaker"}
+    try:
+        for host in ALL_HOSTS:
+            fleet.ssh(host, setup)
+            fleet.ssh(host, "sudo DEBIAN_FRONTEND=noninteractive apt-get install -qq -y runbook-patch-common "
+                            "runbook-patch-feature%s >/dev/null" % extra.get(host, ""))
+        yield repo
+    finally:
+        for host in ALL_HOSTS:
+            fleet.ssh(host, "sudo rm -f /etc/apt/sources.list.d/runbook-test.list /etc/apt/apt.conf.d/02runbook-test; "
+                            "sudo mv /etc/apt/sources.list.runbook-test /etc/apt/sources.list; "
+                            "sudo apt-get update -qq", check=False)
+        repo.stop()
+
+
+def patch_vars(ansible, **overrides):
+    """The app hosts drain their Celery-like workers and are gated on the web release too."""
+    web = [{"name": "web", "type": "http", "url": "http://{{ ansible_host }}:8080/health/", "json": {"status": "healthy"}}]
+    values = {"compose_app_name": "shop", "fleet_test_web": web,
+              "patching_health_targets": "{{ health_check_targets + (fleet_test_web if 'app' in group_names else []) }}",
+              "patching_drain_services": "{{ ['worker'] if 'app' in group_names else [] }}",
+              "patching_exclude": "{{ ['runbook-patch-feature'] if inventory_hostname == 'db1' else [] }}",
+              "patching_health_deadline": 15}
+    values.update(overrides)
+    path = ansible.workdir / "patch_vars.json"
+    path.write_text(json.dumps(values))
+    return ["-e", "@%s" % path]
+
+
+def test_a_rolling_patch_reboots_only_the_host_that_needs_it_and_a_second_run_changes_nothing(fleet, provisioned,
+                                                                                              patch_repo):
+    ansible = provisioned["ansible"]
+    patch_repo.add("fleet-security", "runbook-patch-common", "1.1")
+    patch_repo.add("fleet", "runbook-patch-feature", "1.1")
+    patch_repo.add("fleet", "runbook-patch-kernel", "1.1", postinst=KERNEL_POSTINST)
+    lists = "sudo md5sum /var/lib/apt/lists/*_Packages"
+    before_lists = {host: fleet.ssh(host, lists).stdout for host in ALL_HOSTS}
+    boots = {host: boot_mark(fleet, host) for host in ALL_HOSTS}
+
+    # check mode: the pending upgrades per host, from fresh indexes, and not one byte written
+    check = play(ansible, fleet, playbook=PATCH, extra_args=patch_vars(ansible) + ["--check"])
+    assert check.rc == 0, check
+    lines = patch_lines(check)
+    assert "app1: 2 of 2 pending upgrades would be applied (runbook-patch-common, runbook-patch-feature)" in lines
+    assert any(line.startswith("cache1: 3 of 3 pending") and "runbook-patch-kernel" in line for line in lines), lines
+    assert "db1: 1 of 2 pending upgrades would be applied (runbook-patch-common)" in lines
+    assert {host: fleet.ssh(host, lists).stdout for host in ALL_HOSTS} == before_lists
+    assert [version(fleet, h, "runbook-patch-common") for h in ALL_HOSTS] == ["1.0"] * 4
+
+    started = time.monotonic()
+    run = play(ansible, fleet, playbook=PATCH, extra_args=patch_vars(ansible))
+    seconds = round(time.monotonic() - started, 1)
+    assert run.rc == 0, run
+    upgraded = [r["host"] for r in run.results if r["task"] == "Upgrade the packages"]
+    assert upgraded == ["app1", "app2", "cache1", "db1"]  # the app hosts first, the database primary last
+    lines = patch_lines(run)
+    print("patch run: %s s; %s" % (seconds, lines))
+    for host in ALL_HOSTS:
+        line = next(line for line in lines if line.startswith(host + ":"))
+        assert "health healthy" in line, line
+        assert (", rebooted" in line) == (host == "cache1"), line
+    assert "left out: runbook-patch-feature" in next(line for line in lines if line.startswith("db1:"))
+    assert [version(fleet, h, "runbook-patch-common") for h in ALL_HOSTS] == ["1.1"] * 4
+    assert [version(fleet, h, "runbook-patch-feature") for h in ALL_HOSTS] == ["1.1", "1.1", "1.1", "1.0"]
+    assert version(fleet, "cache1", "runbook-patch-kernel") == "1.1"
+    assert {h: boot_mark(fleet, h) != boots[h] for h in ALL_HOSTS} == {
+        "app1": False, "app2": False, "cache1": True, "db1": False}
+    upgrade = run.task("Upgrade the packages", host="cache1")["result"]
+    assert upgrade["reboot_required"] is True and upgrade["reboot_required_packages"] == ["runbook-patch-kernel"]
+    assert {p["name"]: (p["before"], p["after"]) for p in upgrade["packages"]}["runbook-patch-kernel"] == ("1.0", "1.1")
+    # the drained workers are back, the web release never stopped serving
+    for host in ("app1", "app2"):
+        workers = fleet.ssh(host, "sudo docker ps -q --filter label=com.docker.compose.service=worker").stdout.split()
+        assert len(workers) == 1 and served(fleet, host) == "v1"
+        assert fleet.ssh(host, "test -e /var/lib/runbook-ops/patching/drain.json", check=False).returncode != 0
+
+    again = play(ansible, fleet, playbook=PATCH, extra_args=patch_vars(ansible))
+    assert again.rc == 0, again
+    assert changed(again) == []
+    assert not [r for r in again.results if r["task"] in ("Upgrade the packages", "Reboot, as the upgrade requires")]
+
+
+def test_a_host_that_fails_its_post_patch_gate_stops_the_rollout_and_stays_drained(fleet, provisioned, patch_repo):
+    ansible = provisioned["ansible"]
+    patch_repo.add("fleet-security", "runbook-patch-common", "1.2")
+    patch_repo.add("fleet", "runbook-patch-feature", "1.2")
+    patch_repo.add("fleet-security", "runbook-patch-breaker", "1.1", postinst=BREAKER_POSTINST)
+    run = play(ansible, fleet, playbook=PATCH, extra_args=patch_vars(ansible, patching_security_only=True,
+                                                                     patching_health_deadline=6))
+    assert run.rc != 0
+    stop = run.task("Stop the rollout at a host that fails its gate")
+    assert stop["host"] == "app1"
+    msg = stop["result"]["msg"]
+    assert "app1: post-patch health gate failed (web" in msg and "not rebooted" in msg, msg
+    assert "packages changed: runbook-patch-breaker, runbook-patch-common" in msg, msg
+    assert not [r for r in run.results if r["host"] in ("app2", "cache1", "db1")]
+    assert [version(fleet, h, "runbook-patch-common") for h in ALL_HOSTS] == ["1.2", "1.1", "1.1", "1.1"]
+    assert version(fleet, "app1", "runbook-patch-feature") == "1.1"  # not a security fix
+    # app1 stays drained, with the replicas to restore recorded on the host
+    drain = json.loads(fleet.ssh("app1", "sudo cat /var/lib/runbook-ops/patching/drain.json").stdout)
+    assert drain["services"] == {"worker": 1}
+    assert fleet.ssh("app1", "sudo docker ps -q --filter label=com.docker.compose.service=worker").stdout.split() == []
+
+    # the operator repairs the service; the next run passes the gate and undrains app1 from its record
+    fleet.ssh("app1", "sudo docker ps -aq --filter label=com.docker.compose.service=web | xargs -r sudo docker start")
+    again = play(ansible, fleet, playbook=PATCH, extra_args=patch_vars(ansible, patching_security_only=True) + [
+        "--limit", "app1"])
+    assert again.rc == 0, again
+    assert len(fleet.ssh("app1", "sudo docker ps -q --filter label=com.docker.compose.service=worker").stdout.split()) == 1
+    assert served(fleet, "app1") == "v1"
+    assert fleet.ssh("app1", "test -e /var/lib/runbook-ops/patching/drain.json", check=False).returncode != 0
