@@ -222,9 +222,9 @@ class Upgrade:
             result["diff"] = {"before_header": "installed packages", "after_header": "after the upgrade",
                               "before": "".join("%s %s\n" % (c["name"], c["installed"] or "-") for c in selected),
                               "after": "".join(line + "\n" for line in lines)}
-        result["msg"] = ("%d of %d pending upgrades %s" % (len(selected), len(pending), "would be applied"
-                                                            if after is None else "applied")
-                         + (": " + ", ".join(lines[:20]) + (" ..." if len(lines) > 20 else "") if lines else ""))
+        verb = "would be applied" if after is None else "applied"
+        shown = (": " + ", ".join(lines[:20]) + (" ..." if len(lines) > 20 else "")) if lines else ""
+        result["msg"] = "%d of %d pending upgrades %s%s" % (len(selected), len(pending), verb, shown)
         return result
 
 
@@ -256,8 +256,8 @@ class Apt:
 
     def update(self):
         output = _run(self.apt_get("update"), "apt-get update", self.params["download_timeout"])
-        failures = [line for line in output.splitlines() if line.startswith(("Err:", "E:", "W: Failed to fetch",
-                                                                              "W: Some index files failed"))]
+        bad = ("Err:", "E:", "W: Failed to fetch", "W: Some index files failed")
+        failures = [line for line in output.splitlines() if line.startswith(bad)]
         if failures:
             raise OpsError("apt-get update could not fetch every package index (%s): fix the sources or the network "
                            "(proxy, mirror) and run again; nothing was upgraded" % "; ".join(failures[:3]))
@@ -357,11 +357,15 @@ class Dnf:
 
     def check_update(self, extra=()):
         argv = ["dnf"] + self.options + list(extra) + ["check-update"]
-        proc = subprocess.run(argv, env=dict(os.environ, **ENV), capture_output=True, timeout=self.params["download_timeout"],
-                              check=False)
-        if proc.returncode not in (0, 100):
-            raise OpsError("dnf check-update %s: %s; nothing was upgraded" % (exit_text(proc.returncode),
-                                                                            last_line(proc.stderr or proc.stdout)))
+        try:
+            proc = subprocess.run(argv, env=dict(os.environ, **ENV), capture_output=True, check=False,
+                                  timeout=self.params["download_timeout"])
+        except subprocess.TimeoutExpired as exc:
+            raise OpsError("dnf check-update did not finish in %ss and was stopped; nothing was upgraded"
+                           % self.params["download_timeout"], exception=exc)
+        if proc.returncode not in (0, 100):  # 100: updates are available
+            why = last_line(proc.stderr or proc.stdout)
+            raise OpsError("dnf check-update %s: %s; nothing was upgraded" % (exit_text(proc.returncode), why))
         return proc.stdout.decode("utf-8", "replace")
 
     def snapshot(self):
@@ -397,5 +401,9 @@ class Dnf:
         if not shutil.which("needs-restarting", path=ENV["PATH"]):
             return {"reboot_required": None, "reboot_required_packages": [],
                     "reboot_unknown": "needs-restarting is not installed (dnf-utils / yum-utils)"}
-        proc = subprocess.run(["needs-restarting", "-r"], capture_output=True, timeout=120, check=False)
+        try:
+            proc = subprocess.run(["needs-restarting", "-r"], capture_output=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            return {"reboot_required": None, "reboot_required_packages": [],
+                    "reboot_unknown": "needs-restarting -r did not answer in 120 s"}
         return {"reboot_required": proc.returncode == 1, "reboot_required_packages": []}

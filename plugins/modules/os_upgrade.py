@@ -173,6 +173,10 @@ reboot_required_before:
   description: A reboot was already pending before this run (apt only; null with dnf).
   returned: always
   type: bool
+reboot_unknown:
+  description: Why the need for a reboot cannot be told (dnf without C(needs-restarting)).
+  returned: when RV(reboot_required) is null
+  type: str
 reboot_required_packages:
   description: The packages that asked for the reboot (C(/var/run/reboot-required.pkgs)).
   returned: always

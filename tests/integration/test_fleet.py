@@ -299,6 +299,67 @@ def test_a_host_reboots_and_its_services_come_back(fleet, provisioned):
     assert "app" in fleet.ssh("db1", "sudo -u postgres psql -Atc 'SELECT datname FROM pg_database'").stdout
 
 
+def test_pg_maintenance_over_ssh_reports_real_bloat_and_heavy_needs_a_window(fleet, provisioned):
+    """A table with 80 % of its rows deleted and its index churned, on db1: bloat before and after, over SSH."""
+    fleet.ssh("db1", "sudo -u postgres psql -XAqd app -c 'DROP TABLE IF EXISTS ledger' -c 'CREATE TABLE ledger "
+                     "(id int PRIMARY KEY, note text) WITH (autovacuum_enabled = false)' -c 'INSERT INTO ledger SELECT g, "
+                     "md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g' -c 'CREATE INDEX ledger_note "
+                     "ON ledger (note)' -c 'DELETE FROM ledger WHERE id % 5 <> 0' -c 'UPDATE ledger SET note = md5(note)' "
+                     "-c 'VACUUM ANALYZE ledger'")
+    common = {"db": "app", "tables": ["ledger"], "min_size": 0}
+    tasks = [{"name": "Standard maintenance", "runbook.ops.pg_maintenance": dict(common, level="standard")},
+             {"name": "Heavy maintenance in the window", "runbook.ops.pg_maintenance": dict(
+                 common, level="heavy", maintenance_window=True)}]
+    playbook = provisioned["ansible"].workdir / "maintain.yml"
+    playbook.write_text(json.dumps([{"hosts": "db1", "gather_facts": False, "become": True, "tasks": tasks,
+                                     "module_defaults": {"group/runbook.ops.postgres": {
+                                         "login_user": "postgres", "login_unix_socket": "/var/run/postgresql"}}}]))
+    refused = play(provisioned["ansible"], fleet, playbook=REPO / "playbooks" / "db_maintenance.yml",
+                   extra_vars={"db_maintenance_level": "heavy", "db_maintenance_schedule": False})
+    assert refused.rc != 0
+    assert "maintenance_window: true" in refused.task("Maintain each database", host="db1")["result"]["results"][0]["msg"]
+    run = play(provisioned["ansible"], fleet, playbook=playbook)
+    assert run.rc == 0, run
+    standard = run.task("Standard maintenance")["result"]
+    note = next(i for i in standard["indexes"] if i["index"] == "ledger_note")
+    assert note["bloat_percent_before"] >= 50 and note["bloat_percent_after"] < 30, note
+    ledger = next(t for t in standard["tables"] if t["table"] == "ledger")
+    assert ledger["bloat_percent_before"] >= 50 and ledger["size_after"] == ledger["size_before"]
+    heavy = next(t for t in run.task("Heavy maintenance in the window")["result"]["tables"] if t["table"] == "ledger")
+    assert heavy["bloat_percent_after"] < 20 and heavy["size_after"] < heavy["size_before"] / 2, heavy
+    print("fleet maintenance: index %s%% -> %s%% bloat, table %s%% -> %s%%, %s -> %s bytes, standard %s s, heavy %s s" % (
+        note["bloat_percent_before"], note["bloat_percent_after"], heavy["bloat_percent_before"],
+        heavy["bloat_percent_after"], heavy["size_before"], heavy["size_after"], standard["duration"],
+        run.task("Heavy maintenance in the window")["result"]["duration"]))
+    fleet.ssh("db1", "sudo -u postgres psql -XAqd app -c 'DROP TABLE ledger'")
+
+
+def test_a_maintenance_window_over_the_fleet_logs_every_check_on_each_host(fleet, provisioned):
+    values = {"compose_app_name": "shop",
+              "maintenance_window_databases": "{{ ['app'] if 'db' in group_names else [] }}",
+              "maintenance_window_postgres": "{{ db_maintenance_postgres | default({}) }}",
+              "maintenance_window_projects": "{{ ['shop'] if 'app' in group_names else [] }}",
+              "maintenance_window_stop_services": "{{ ['worker'] if 'app' in group_names else [] }}"}
+    path = provisioned["ansible"].workdir / "window_vars.json"
+    path.write_text(json.dumps(values))
+    run = play(provisioned["ansible"], fleet, playbook=REPO / "playbooks" / "maintenance.yml",
+               extra_args=["-e", "@%s" % path])
+    assert run.rc == 0, run
+    lines = run.task("Show one line per host")["result"]["msg"]
+    print("fleet window: %s" % lines)
+    for host, expected in (("db1", {"backups", "long-running queries"}), ("cache1", {"backups"}),
+                           ("app1", {"services containers:shop"}), ("app2", {"services containers:shop"})):
+        log = fleet.ssh(host, "sudo sh -c 'cat /var/lib/runbook-ops/maintenance/*/window.log'").stdout
+        checks = {entry["check"]: entry for entry in map(json.loads, log.splitlines())}
+        assert {"window opened", "system state", "maintenance mode on", "maintenance mode off",
+                "window closed"} | expected <= set(checks), (host, sorted(checks))
+        assert all(entry["ok"] for entry in checks.values()), (host, checks)
+        line = next(line for line in lines if line.startswith(host + " "))
+        assert "%d/%d checks ok" % (len(checks), len(checks)) in line, line
+    for host in ("app1", "app2"):  # the workers stopped for the window are back
+        assert len(fleet.ssh(host, "sudo docker ps -q --filter label=com.docker.compose.service=worker").stdout.split()) == 1
+
+
 # --- rolling patching (issue 12): a local apt repository served to the fleet ---------------------------------------
 
 PATCH = REPO / "playbooks" / "patch.yml"

@@ -88,3 +88,23 @@ def test_bad_options_are_refused_before_anything_runs(params, message):
     with pytest.raises(OpsError) as caught:
         upgrade.validate(values)
     assert message in caught.value.message
+
+
+def test_a_sigterm_during_the_install_waits_for_the_installer_and_is_reported():
+    """dpkg half way is never killed: the signal is held until the installer exits, then reported."""
+    import os
+    import signal
+    import threading
+
+    from ansible_collections.runbook.ops.plugins.module_utils._errors import Terminated
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        returncode, output, signalled = upgrade._run_to_the_end(["sh", "-c", "sleep 1; echo configured"], "installer")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (returncode, output, signalled) == (0, "configured\n", True)
