@@ -85,7 +85,7 @@ test: install unit-integration sanity lint doc molecule
 	@echo "make test: all suites passed"
 
 unit-integration:
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup tests/unit tests/integration
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests/unit tests/integration
 
 unit:
 	$(BIN)/pytest tests/unit

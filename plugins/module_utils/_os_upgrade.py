@@ -18,11 +18,12 @@ import fnmatch
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, Terminated
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, warn
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 from ansible_collections.runbook.ops.plugins.module_utils._process import exit_text, last_line, run_tool
 
@@ -122,7 +123,7 @@ def compare(before, after):
     changed, installed, removed = [], [], []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
-        if old and new and old[2] != new[2]:
+        if old and new and old[2] != new[2]:  # (name, arch, version[, dpkg state])
             changed.append({"name": new[0], "arch": new[1], "before": old[2], "after": new[2]})
         elif new and not old:
             installed.append({"name": new[0], "arch": new[1], "after": new[2]})
@@ -131,22 +132,45 @@ def compare(before, after):
     return changed, installed, removed
 
 
-def _run(argv, what, timeout, env=None):
+def _run(argv, what, timeout, env=None, both=False):
+    """stdout of a tool (with its stderr when ``both``: apt warns there); OpsError unless it exits 0."""
+    if both:
+        argv = ["sh", "-c", 'exec "$@" 2>&1', "sh"] + list(argv)
     return run_tool(argv, dict(os.environ, **(env or ENV)), what, timeout=timeout).decode("utf-8", "replace")
 
 
-def _run_to_the_end(argv, what):
-    """Run the installer to completion whatever signal arrives meanwhile; (returncode, output, signalled)."""
-    proc = subprocess.Popen(argv, env=dict(os.environ, **ENV), cwd="/", stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    signalled = False
+def _run_locked(argv, what, timeout, lock_timeout, both=False):
+    """``_run``, waiting up to ``lock_timeout`` for another apt (apt-daily) to release the lists or archives lock."""
+    deadline = time.monotonic() + lock_timeout
     while True:
         try:
-            output, _unused = proc.communicate()
-            break
-        except Terminated:
-            signalled = True  # dpkg half way must not be killed: finish, then report the signal
-    return proc.returncode, output.decode("utf-8", "replace"), signalled
+            return _run(argv, what, timeout, both=both)
+        except OpsError as exc:
+            if "Could not get lock" not in exc.message or time.monotonic() > deadline:
+                raise
+        time.sleep(3)
+
+
+def _run_to_the_end(argv, what):
+    """Run the installer to completion whatever happens to this process; (returncode, output, signalled).
+
+    Its output goes to a file, not a pipe: if this module dies (SIGKILL, a dropped connection's SIGHUP), apt in its
+    own session writes on and dpkg finishes. SIGTERM, SIGINT and SIGHUP meanwhile are noted, and reported after.
+    """
+    caught = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen(argv, env=dict(os.environ, **ENV), cwd="/", stdin=subprocess.DEVNULL,
+                                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+            proc.wait()
+            output.seek(0)
+            text = output.read().decode("utf-8", "replace")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return proc.returncode, text, bool(caught)
 
 
 class Upgrade:
@@ -168,7 +192,8 @@ class Upgrade:
         validate(self.params)
         clock = time.monotonic()
         self.backend = self.pick_backend()
-        with tempfile.TemporaryDirectory(prefix="runbook-upgrade-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="runbook-upgrade-",
+                                         dir="/var/tmp" if os.path.isdir("/var/tmp") else None) as scratch:
             result = self.backend.upgrade(self, scratch)
         self.durations["total"] = round(time.monotonic() - clock, 3)
         result.update(manager=self.backend.name, durations=self.durations, duration=self.durations["total"])
@@ -242,7 +267,8 @@ class Apt:
         return ["apt-get", "-q"] + self.options + self.private + list(args)
 
     def use_private_lists(self, scratch):
-        """Check mode: fresh indexes fetched into a copy of the lists, no lock, no cache file, no update hooks."""
+        """Check mode: fresh indexes fetched into a copy of the lists; no lock, cache file, planner log or hook."""
+        os.chmod(scratch, 0o755)  # apt's download user (_apt) must reach partial/
         lists = os.path.join(scratch, "lists")
         shutil.copytree(APT_LISTS, lists, ignore=shutil.ignore_patterns("lock", "partial", "auxfiles"))
         os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
@@ -252,10 +278,12 @@ class Apt:
                          "#clear APT::Update::Post-Invoke-Success;\n#clear DPkg::Pre-Invoke;\n"
                          "#clear DPkg::Post-Invoke;\n")
         self.private = ["-c", config, "-o", "Dir::State::Lists=%s" % lists, "-o", "Debug::NoLocking=1",
-                        "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
+                        "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
+                        "-o", "Dir::Log::Planner=/dev/null"]
 
     def update(self):
-        output = _run(self.apt_get("update"), "apt-get update", self.params["download_timeout"])
+        output = _run_locked(self.apt_get("update"), "apt-get update", self.params["download_timeout"],
+                             self.params["lock_timeout"], both=True)
         bad = ("Err:", "E:", "W: Failed to fetch", "W: Some index files failed")
         failures = [line for line in output.splitlines() if line.startswith(bad)]
         if failures:
@@ -269,17 +297,18 @@ class Apt:
                            "'dpkg --configure -a' on the host, check what it says, then run again; nothing was upgraded"
                            % last_line(text.encode()))
 
-    def held(self):
-        return _run(["apt-mark", "showhold"], "apt-mark showhold", 60).split()
+    def marks(self, which):
+        return _run(["apt-mark"] + self.private + [which], "apt-mark " + which, 60).split()
 
     def snapshot(self):
+        """Installed packages (any state but not-installed and config-files) -> (name, arch, version, state)."""
         text = _run(["dpkg-query", "-W", "-f", "${Package}\t${Architecture}\t${Version}\t${db:Status-Abbrev}\n"],
                     "dpkg-query", 120)
         packages = {}
         for line in text.splitlines():
             fields = line.split("\t")
-            if len(fields) == 4 and fields[3].startswith(("ii", "hi")):
-                packages["%s:%s" % (fields[0], fields[1])] = (fields[0], fields[1], fields[2])
+            if len(fields) == 4 and len(fields[3]) > 1 and fields[3][1] not in "nc":
+                packages["%s:%s" % (fields[0], fields[1])] = (fields[0], fields[1], fields[2], fields[3][1])
         return packages
 
     def command(self, selected, everything):
@@ -293,6 +322,19 @@ class Apt:
         return parse_apt_simulation(_run(self.apt_get("-s", "-V") + args, "apt-get -s %s" % args[0],
                                          self.params["download_timeout"]))
 
+    def refuse_left_out(self, selected, planned, removals):
+        """The final plan may touch nothing this run leaves out: not upgrade it along, not remove it."""
+        params = self.params
+        pulled = [c["name"] for c in planned if excluded_by(c["name"], params["exclude"])
+                  or (params["security_only"] and c["installed"] and not c["security"])]
+        removed = [r["name"] for r in removals if excluded_by(r["name"], params["exclude"])]
+        if pulled or removed:
+            raise OpsError("upgrading %s would also %s, which this run leaves out (exclude or security_only): exclude "
+                           "the packages that need them too, or let them change; nothing was changed"
+                           % (", ".join(c["name"] for c in selected) or "the packages",
+                              " and ".join(filter(None, ["upgrade " + ", ".join(sorted(set(pulled))) if pulled else "",
+                                                         "remove " + ", ".join(sorted(set(removed))) if removed else ""]))))
+
     def upgrade(self, task, scratch):
         params = self.params
         task.timed("audit", self.audit)
@@ -300,40 +342,60 @@ class Apt:
             self.use_private_lists(scratch)
         if params["update_cache"]:
             task.timed("update", self.update)
-        held = self.held()
-        everything = self.command([], True)
-        pending, removals, kept_back = task.timed("plan", self.simulate, everything)
+        held = self.marks("showhold")
+        pending, removals, kept_back = task.timed("plan", self.simulate, self.command([], True))
         selected, excluded, not_security = task.select(pending)
-        args = self.command(selected, not (excluded or not_security))
-        if selected and (excluded or not_security):
-            planned, removals, kept = task.timed("plan", self.simulate, args)
-            pulled = [c for c in planned if excluded_by(c["name"], params["exclude"])
-                      or (params["security_only"] and c["installed"] and not c["security"])]
-            if pulled:
-                raise OpsError("upgrading %s would also upgrade %s, which this run leaves out (exclude or "
-                               "security_only): exclude the packages that need them too, or let them upgrade; nothing "
-                               "was changed" % (", ".join(c["name"] for c in selected),
-                                                ", ".join(sorted({c["name"] for c in pulled}))))
+        everything = not (excluded or not_security)
+        args = self.command(selected, everything)
+        if selected and not everything:
+            planned, removals, _kept = task.timed("plan", self.simulate, args)
+            self.refuse_left_out(selected, planned, removals)
+        elif selected:
+            self.refuse_left_out(selected, [], removals)
         extra = {"held": held, "kept_back": kept_back, "would_remove": [r["name"] for r in removals],
                  "reboot_required_before": os.path.exists(REBOOT_REQUIRED)}
         before = after = None
         if selected and not task.check_mode:
             before = task.timed("snapshot", self.snapshot)
-            task.timed("download", _run, self.apt_get("-y", "--download-only") + args, "apt-get download",
-                       params["download_timeout"])
+            automatic = set(self.marks("showauto")) if not everything else set()
+            task.timed("download", _run_locked, self.apt_get("-y", "--download-only") + args, "apt-get download",
+                       params["download_timeout"], params["lock_timeout"])
             returncode, output, signalled = task.timed("install", _run_to_the_end, self.apt_get(
                 "-y", "--no-download", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold")
                 + args, "apt-get install")
             after = task.timed("snapshot", self.snapshot)
+            # apt-get install marks the packages it is given as manually installed: keep autoremove's view
+            again = sorted(automatic & {c["name"] for c in selected} & {v[0] for v in after.values()})
+            if again:
+                _run(["apt-mark", "auto"] + again, "apt-mark auto", 120)
             if returncode != 0 or signalled:
                 failed = task.report(pending, selected, excluded, not_security, before, after, extra)
-                why = ("stopped by a signal, after the installer finished" if signalled else
+                why = ("a signal arrived during the install, which was let finish" if signalled else
                        "apt-get %s %s: %s" % (args[0], exit_text(returncode), last_line(output.encode())))
-                raise OpsError("%s; the packages that did change are in 'packages'; check the host (dpkg --audit) and "
-                               "run again" % why, changed=failed["changed"], packages=failed["packages"],
-                               installed=failed["installed"], removed=failed["removed"])
+                broken = sorted(v[0] for v in after.values() if v[3] != "i")
+                raise OpsError("%s; the packages that did change are in 'packages'%s; check the host (dpkg --audit) and "
+                               "run again" % (why, "; not configured: " + ", ".join(broken) if broken else ""),
+                               changed=failed["changed"], packages=failed["packages"], installed=failed["installed"],
+                               removed=failed["removed"], not_configured=broken)
         extra.update(reboot_status())
         return task.report(pending, selected, excluded, not_security, before, after, extra)
+
+
+def _version_key(release):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", release) if part]
+
+
+def kernel_reboot_reason(boot="/boot"):
+    """Debian writes /var/run/reboot-required only with unattended-upgrades: a newer installed kernel says it too."""
+    running = os.uname().release
+    try:
+        kernels = [name[len("vmlinuz-"):] for name in os.listdir(boot) if name.startswith("vmlinuz-")]
+    except OSError:
+        return None
+    if running not in kernels:
+        return None  # not a kernel this host's packages manage (a container, a custom boot)
+    newest = max(kernels, key=_version_key)
+    return None if newest == running else "kernel %s is installed, %s is running" % (newest, running)
 
 
 def reboot_status():
@@ -343,7 +405,12 @@ def reboot_status():
             packages = sorted({line.strip() for line in handle if line.strip()})
     except OSError:
         pass
-    return {"reboot_required": os.path.exists(REBOOT_REQUIRED), "reboot_required_packages": packages}
+    kernel = kernel_reboot_reason()
+    status = {"reboot_required": os.path.exists(REBOOT_REQUIRED) or kernel is not None,
+              "reboot_required_packages": packages}
+    if kernel:
+        status["reboot_reason"] = kernel
+    return status
 
 
 class Dnf:

@@ -21,7 +21,12 @@ description:
     packages half configured; a SIGTERM that arrives during it is reported once the installer is done.
   - Reports whether the host needs a reboot (C(/var/run/reboot-required) on Debian and Ubuntu, C(needs-restarting -r)
     on the RHEL family). It never reboots; the C(runbook.ops.patching) role does that, only when it is required.
+  - On Debian, C(/var/run/reboot-required) is written only where unattended-upgrades is installed, so an installed
+    kernel newer than the running one also counts as a reboot required.
   - Refuses to start on a package database left half configured by an earlier run (C(dpkg --audit)).
+  - The install's output goes to a file, and SIGTERM, SIGINT and SIGHUP are held until it ends, so a dropped
+    connection or a killed task never leaves dpkg half way. Packages that O(exclude) or O(security_only) leave out
+    are installed with C(apt-get install --only-upgrade); the packages apt marked automatic stay so.
 author:
   - runbook.ops maintainers (@runbook-ops)
 extends_documentation_fragment:
@@ -51,13 +56,18 @@ options:
     default: safe
     choices: [safe, full]
   security_only:
-    description: Apply only the security fixes; the other pending upgrades are listed in RV(skipped_not_security).
+    description:
+      - Apply only the security fixes; the other pending upgrades are listed in RV(skipped_not_security).
+      - A fix is told by the origin of the version apt would install. When a newer version in C(-updates)
+        supersedes a security fix, the package is listed as skipped, not half upgraded.
+      - With dnf, C(--security) may bring in non-security dependencies.
     type: bool
     default: false
   exclude:
     description:
       - Packages (names or shell patterns such as C(linux-image-*)) this run leaves at their installed version.
-      - An upgrade that would pull a left-out package along is refused before anything changes, naming both.
+      - An upgrade that would pull a left-out package along, or remove one, is refused before anything changes,
+        naming both (apt). With dnf, C(--exclude) hides the packages, and they are not listed in RV(excluded).
       - Packages held with C(apt-mark hold) stay held either way; they are listed in RV(held).
     type: list
     elements: str
@@ -173,6 +183,10 @@ reboot_required_before:
   description: A reboot was already pending before this run (apt only; null with dnf).
   returned: always
   type: bool
+reboot_reason:
+  description: Why a reboot is required when the package manager did not say so (a newer kernel installed than runs).
+  returned: when a newer installed kernel requires the reboot
+  type: str
 reboot_unknown:
   description: Why the need for a reboot cannot be told (dnf without C(needs-restarting)).
   returned: when RV(reboot_required) is null

@@ -108,3 +108,27 @@ def test_a_sigterm_during_the_install_waits_for_the_installer_and_is_reported():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert (returncode, output, signalled) == (0, "configured\n", True)
+
+
+def test_a_newer_installed_kernel_than_the_running_one_requires_a_reboot(tmp_path):
+    import os
+    running = os.uname().release
+    assert upgrade.kernel_reboot_reason(str(tmp_path)) is None  # no kernel of this host's packages: cannot tell
+    (tmp_path / ("vmlinuz-" + running)).write_text("")
+    (tmp_path / "vmlinuz-0.1.0-1-amd64").write_text("")
+    assert upgrade.kernel_reboot_reason(str(tmp_path)) is None
+    (tmp_path / "vmlinuz-999.1.0-1-amd64").write_text("")
+    assert upgrade.kernel_reboot_reason(str(tmp_path)) == "kernel 999.1.0-1-amd64 is installed, %s is running" % running
+    assert upgrade._version_key("6.1.0-40-amd64") > upgrade._version_key("6.1.0-9-amd64")
+
+
+def test_a_plan_that_would_remove_or_upgrade_a_left_out_package_is_refused():
+    apt = upgrade.Apt({"network_timeout": 30, "lock_timeout": 1, "exclude": ["postgresql-*"], "security_only": True})
+    selected = [{"name": "libssl3"}]
+    apt.refuse_left_out(selected, [{"name": "libssl3", "installed": "1", "security": True}], [])
+    with pytest.raises(OpsError) as caught:
+        apt.refuse_left_out(selected, [], [{"name": "postgresql-15", "installed": "15.1"}])
+    assert "would also remove postgresql-15" in caught.value.message and "nothing was changed" in caught.value.message
+    with pytest.raises(OpsError) as caught:
+        apt.refuse_left_out(selected, [{"name": "openssl", "installed": "1", "security": False}], [])
+    assert "would also upgrade openssl" in caught.value.message
