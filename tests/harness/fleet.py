@@ -422,6 +422,9 @@ class Fleet:
             "ansible_become": True,
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_pipelining": True,
+            # each user's own temp (the tests point ANSIBLE_REMOTE_TEMP at a controller path: a module run as root
+            # after a reboot emptied /tmp would create it root-only, and the next file copy as ansible would fail)
+            "ansible_remote_tmp": "~/.ansible/tmp",
             # test-inventory facts about these container hosts, never role defaults for real hosts
             "fleet_reboot_boot_time_command": BOOT_TIME_COMMAND,
             "fleet_apt_proxy": self.proxy.url,
