@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, warn
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
 from ansible_collections.runbook.ops.plugins.module_utils._process import exit_text, last_line, run_tool
 
