@@ -12,14 +12,13 @@ uploads that failed earlier, retention, and removing partial files that killed r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
 from datetime import timedelta
 
 from ansible_collections.runbook.ops.plugins.module_utils import _s3
-from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, lock
+from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, lock, stream_check
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import manifest as mf, retention as rt, store as st
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, warn
 from ansible_collections.runbook.ops.plugins.module_utils._module import merge_specs
@@ -233,7 +232,11 @@ class BackupJob:
         written = []
         try:
             clock = time.monotonic()
-            sink, produced = self.stream(path, self.produce)
+            check = None
+            if self.params["verify"]:  # the decode and the inspection run beside the dump, on the encoded bytes
+                view = dict(self.source, file=os.path.basename(path))
+                check = stream_check.StreamCheck(self.key, lambda chunks: self.inspect(chunks, view))
+            sink, produced = self.stream(path, self.produce, check)
             written.append(path)
             duration = time.monotonic() - clock
             manifest = self.describe(artifact_id, relative, path, sink, produced, started, duration)
@@ -248,7 +251,7 @@ class BackupJob:
                 manifest["extra_files"].append(os.path.basename(extra_path))
                 manifest.update(extra_fields)
             if self.params["verify"]:
-                self.verify(path, manifest)
+                self.verify(path, manifest, check)
             manifest_file = mf.manifest_path(path, artifact_id)
             mf.write_manifest(manifest_file, manifest)
         except BaseException:
@@ -259,16 +262,20 @@ class BackupJob:
         manifest["manifest_path"] = manifest_file
         return manifest
 
-    def stream(self, path, produce):
+    def stream(self, path, produce, check=None):
         writer = atomic.AtomicWriter(path)
         sink = codec.EncodingSink(writer, self.params["compression"], self.params["compression_level"], self.key,
-                                  md5=self.params["md5_sidecar"])
+                                  md5=self.params["md5_sidecar"], check=check)
         sink.path = path
         try:
             fields = produce(sink)
             sink.finish()
+            if check:
+                check.finish()
             writer.commit()
         except BaseException:
+            if check:
+                check.abort()
             writer.abort()
             raise
         return sink, fields or {}
@@ -288,27 +295,21 @@ class BackupJob:
         manifest.update(produced)
         return manifest
 
-    def verify(self, path, manifest):
-        """Read back every file: its checksum, then the data file through the same decode path restores use."""
+    def verify(self, path, manifest, check):
+        """Every file read back against its checksum; the data file's encoded stream was decoded and compared with
+        what the source produced, and inspected, while it was written (``check``)."""
         directory = os.path.dirname(path)
-        for name in manifest["extra_files"]:
-            expected = mf.read_sidecar(os.path.join(directory, name))
+        for name in [manifest["file"]] + manifest["extra_files"]:
+            expected = manifest["sha256"] if name == manifest["file"] else mf.read_sidecar(os.path.join(directory, name))
             sha256, _md5 = atomic.file_digests(os.path.join(directory, name))
             if sha256 != expected:
                 raise OpsError("verification failed: %s reads back with sha256 %s, not %s; the disk or filesystem is "
                                "corrupting data; no backup was kept" % (name, sha256, expected))
-        digest = hashlib.sha256()
-        layers = []
-        chunks = codec.decode(codec.read_chunks(path, [digest]), codec.Secrets(key=self.key), layers)
-        fields = self.inspect(chunks, manifest)
-        if digest.hexdigest() != manifest["sha256"]:
-            raise OpsError("verification failed: %s reads back with sha256 %s, not %s; the disk or filesystem is "
-                           "corrupting data; no backup was kept" % (manifest["file"], digest.hexdigest(), manifest["sha256"]))
         expected = codec.expected_layers(manifest["compression"], manifest["encrypted"])
-        if layers != expected:
+        if check.layers != expected:
             raise OpsError("verification failed: %s decodes as %s, not %s; no backup was kept"
-                           % (manifest["file"], layers or "plain data", expected))
-        manifest.update(fields)
+                           % (manifest["file"], check.layers or "plain data", expected))
+        manifest.update(check.fields or {})
         manifest["verified"] = True
 
     def prune(self):

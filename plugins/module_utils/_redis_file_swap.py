@@ -73,7 +73,7 @@ class FileSwap:
                 self.moved.append((path, path + self.suffix))
         directory = os.path.dirname(self.rdb_path)
         staged = os.path.join(directory, ".%s.restore" % os.path.basename(self.rdb_path))
-        shutil.copyfile(rdb, staged)
+        _stage(rdb, staged)
         old_rdb = dict(self.moved).get(self.rdb_path)
         like = os.stat(old_rdb if old_rdb and os.path.isfile(old_rdb) else directory)
         os.chmod(staged, (like.st_mode & 0o666) if old_rdb else 0o640)
@@ -131,6 +131,16 @@ class FileSwap:
         if proc.returncode != 0:
             raise OpsError("%s command %s exited with %d: %s" % (what, " ".join(argv), proc.returncode,
                                                                  (proc.stderr or proc.stdout).strip()[-300:]))
+
+
+def _stage(rdb, staged):
+    """The decoded RDB at ``staged``: a hard link when the scratch copy is on the same filesystem (no second copy of a
+    large file while the server is down), else a copy."""
+    _remove(staged)
+    try:
+        os.link(rdb, staged)
+    except OSError:
+        shutil.copyfile(rdb, staged)
 
 
 def _remove(path):

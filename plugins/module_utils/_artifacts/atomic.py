@@ -17,18 +17,22 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, warn
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts.codec import CHUNK
 
 PARTIAL = ".partial"
+FLUSH_EVERY = 16 * 1024 * 1024
 OWNER_FILE = ".runbook-owner"
 
 
 class AtomicWriter:
     """Write to ``.<name>.partial`` in the same directory, then fsync and rename; 0600 throughout.
 
-    ``durable=False`` skips the fsyncs, for scratch files that are thrown away after the task.
+    ``durable=False`` skips the fsyncs, for scratch files that are thrown away after the task. A durable writer
+    has the kernel write out what it was given every FLUSH_EVERY bytes, beside the writing, so the final fsync of a
+    large file waits for its last few megabytes only.
     """
 
     def __init__(self, path, durable=True):
@@ -41,6 +45,8 @@ class AtomicWriter:
         except OSError as exc:
             raise write_error(path, exc)
         self.handle = os.fdopen(fd, "wb", buffering=0)
+        self.unflushed = 0
+        self.flusher = None
 
     def write(self, data):
         try:
@@ -51,9 +57,21 @@ class AtomicWriter:
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc)
+        if self.durable:
+            self.unflushed += len(data)
+            if self.unflushed >= FLUSH_EVERY and (self.flusher is None or not self.flusher.is_alive()):
+                self.unflushed = 0
+                self.flusher = threading.Thread(target=_write_out, args=(self.handle.fileno(),), daemon=True)
+                self.flusher.start()
+
+    def _join_flusher(self):
+        if self.flusher is not None:
+            self.flusher.join()
+            self.flusher = None
 
     def commit(self):
         try:
+            self._join_flusher()
             if self.durable:
                 os.fsync(self.handle.fileno())
             self.handle.close()
@@ -65,6 +83,7 @@ class AtomicWriter:
             raise write_error(self.path, exc)
 
     def abort(self):
+        self._join_flusher()
         try:
             self.handle.close()
         except OSError:
@@ -73,6 +92,13 @@ class AtomicWriter:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def _write_out(fd):
+    try:
+        os.fdatasync(fd)
+    except OSError:  # the final fsync reports it
+        pass
 
 
 def write_error(path, exc):

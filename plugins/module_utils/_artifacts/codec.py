@@ -12,15 +12,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import struct
+import threading
 import zlib
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError, warn
 
 CHUNK = 1024 * 1024
+READ_AHEAD = 8
 COMPRESSION_SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 ENCRYPTED_SUFFIX = ".enc"
 LEVELS = {"zstd": (1, 22), "gzip": (1, 9)}
+ZSTD_DEFAULT_LEVEL = 1  # keeps up with the dump tools on two cores; level 3 costs 2-3x the CPU for a few per cent
 OPENSSL_MAGIC = b"Salted__"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -45,7 +49,7 @@ def compressor(kind, level=None):
     check_level(kind, level)
     if kind == "zstd":
         zstd = zstandard()
-        params = zstd.ZstdCompressionParameters.from_level(level or 3, threads=-1)
+        params = zstd.ZstdCompressionParameters.from_level(level or ZSTD_DEFAULT_LEVEL, threads=-1)
         return zstd.ZstdCompressor(compression_params=params).compressobj()
     if kind == "gzip":
         return zlib.compressobj(level if level is not None else 6, zlib.DEFLATED, 31)
@@ -283,10 +287,12 @@ class Secrets:
 # --- the write pipeline ----------------------------------------------------------------------------
 
 class EncodingSink:
-    """compress -> encrypt -> hash (sha256, md5) -> ``out.write``, fed chunk by chunk."""
+    """compress -> encrypt -> hash (sha256, md5) -> ``out.write``, fed chunk by chunk; ``check`` (a StreamCheck)
+    sees the raw and the encoded bytes."""
 
-    def __init__(self, out, compression="zstd", level=None, key=None, md5=False):
+    def __init__(self, out, compression="zstd", level=None, key=None, md5=False, check=None):
         self.out = out
+        self.check = check
         self.compress = compressor(compression, level)
         self.encryptor = Encryptor(key) if key else None
         self.sha256 = hashlib.sha256()
@@ -307,9 +313,13 @@ class EncodingSink:
             self.md5.update(data)
         self.size += len(data)
         self.out.write(data)
+        if self.check:
+            self.check.encoded(data)
 
     def write(self, data):
         self.raw_bytes += len(data)
+        if self.check:
+            self.check.raw(data)
         self._emit(self.compress.compress(data))
 
     def finish(self):
@@ -348,12 +358,49 @@ class Peekable:
 
 
 def read_chunks(path, digests=()):
-    """A file's bytes chunk by chunk, feeding every hashlib object in ``digests`` on the way."""
-    with open(path, "rb") as handle:
-        for data in iter(lambda: handle.read(CHUNK), b""):
-            for digest in digests:
-                digest.update(data)
+    """A file's bytes chunk by chunk, feeding every hashlib object in ``digests`` on the way.
+
+    A thread reads and hashes ahead of the consumer (both release the GIL), so the checksum of a restore's
+    source costs no time beside its decoding; closing the generator early stops the thread.
+    """
+    handle = open(path, "rb")
+    ahead = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def offer(item):
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read():
+        try:
+            for data in iter(lambda: handle.read(CHUNK), b""):
+                for digest in digests:
+                    digest.update(data)
+                if not offer(data):
+                    return
+            offer(None)
+        except BaseException as exc:  # handed to the consumer
+            offer(exc)
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            data = ahead.get()
+            if data is None:
+                return
+            if isinstance(data, BaseException):
+                raise data
             yield data
+    finally:
+        stop.set()
+        reader.join()
+        handle.close()
 
 
 def decode(chunks, secrets, layers):

@@ -101,3 +101,24 @@ def test_aborted_write_leaves_nothing(tmp_path):
     writer.write(b"x" * 1000)
     writer.abort()
     assert os.listdir(tmp_path) == []
+
+
+def test_reading_ahead_hashes_everything_and_a_reader_that_stops_early_leaves_no_thread(tmp_path):
+    import hashlib
+    import threading
+
+    path = tmp_path / "big"
+    path.write_bytes(PAYLOAD * 4)
+    digest = hashlib.sha256()
+    assert b"".join(codec.read_chunks(str(path), [digest])) == PAYLOAD * 4
+    assert digest.hexdigest() == hashlib.sha256(PAYLOAD * 4).hexdigest()
+    before = threading.active_count()
+    chunks = codec.read_chunks(str(path))
+    next(chunks)
+    chunks.close()
+    assert threading.active_count() == before
+
+
+def test_a_read_error_reaches_the_reader(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        list(codec.read_chunks(str(tmp_path)))
