@@ -20,9 +20,12 @@ SAMPLE = 200
 MIGRATE_TIMEOUT_MS = 60000
 
 
+SCAN_COUNT = 10000  # keys a SCAN call looks at: fewer round trips than one per batch, each call still short
+
+
 def key_batches(conn, pattern, size):
     batch = []
-    for key in conn.scan_iter(match=pattern or None, count=size):
+    for key in conn.scan_iter(match=pattern or None, count=max(size, SCAN_COUNT)):
         batch.append(key)
         if len(batch) >= size:
             yield batch

@@ -179,9 +179,11 @@ class RedisRestore:
         scratches = [rd.ScratchServer(scratch_dir, "scratch%d" % i)
                      for i in range(self.params["scratch_servers"] if live_mode else 1)]
         try:
+            clock = time.monotonic()
             for server in scratches:
                 server.launch()
             loaded = [server.wait(self.params["load_timeout"]) for server in scratches]
+            self.report.update(scratch_load_duration=round(time.monotonic() - clock, 3))
             self.check_loaded(loaded[0], expected)
             if self.params["validate_only"]:
                 self.report.update(valid=True)
@@ -272,8 +274,10 @@ class RedisRestore:
             raise OpsError("the target has %d keys in db %s: set flush_first: true, existing_keys: replace or skip, or "
                            "force: true (then a key that exists fails the restore before anything is written)"
                            % (present, ", ".join(map(str, touched))))
+        clock = time.monotonic()
         batches = {db: list(live.key_batches(rd.for_db(loaded, db), params["key_pattern"], params["batch_size"]))
                    for db in source_dbs}
+        self.report.update(scan_duration=round(time.monotonic() - clock, 3))
         selected = sum(len(b) for db in source_dbs for b in batches[db])
         if params["key_pattern"] and not selected:
             raise OpsError("key_pattern %r matches no key in the backup (%s); nothing was restored"

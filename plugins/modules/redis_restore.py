@@ -254,6 +254,12 @@ restore:
     read_duration:
       description: Seconds spent reading and checking the backup.
       type: float
+    scratch_load_duration:
+      description: Seconds the private servers took to load the backup (live mode and validation).
+      type: float
+    scan_duration:
+      description: Seconds spent listing the keys to copy (live mode).
+      type: float
     load_duration:
       description: Seconds spent writing into the target (live) or swapping and reloading (file).
       type: float
