@@ -75,6 +75,13 @@ def safety_backup(job_class, module, params, subject, restoring, **overrides):
     return {k: backup[k] for k in ("id", "path", "s3_uri", "size", "duration")}
 
 
+def _read_through(chunks):
+    """The inspection of an extra file (the globals SQL): decoding it to the end, compared, is the check."""
+    for _data in chunks:
+        pass
+    return {}
+
+
 def upload_artifact(s3, manifest, keep_local=True):
     """Copy an artifact's files to S3, the manifest last; records s3_uri in the manifest."""
     directory = os.path.dirname(manifest["manifest_path"])
@@ -232,11 +239,8 @@ class BackupJob:
         written = []
         try:
             clock = time.monotonic()
-            check = None
-            if self.params["verify"]:  # the decode and the inspection run beside the dump, on the encoded bytes
-                view = dict(self.source, file=os.path.basename(path))
-                check = stream_check.StreamCheck(self.key, lambda chunks: self.inspect(chunks, view))
-            sink, produced = self.stream(path, self.produce, check)
+            view = dict(self.source, file=os.path.basename(path))
+            sink, produced, check = self.stream(path, self.produce, lambda chunks: self.inspect(chunks, view))
             written.append(path)
             duration = time.monotonic() - clock
             manifest = self.describe(artifact_id, relative, path, sink, produced, started, duration)
@@ -244,7 +248,7 @@ class BackupJob:
             written += [path + ".sha256", path + ".md5"]
             for suffix, produce in self.extras():
                 extra_path = os.path.join(directory, self.data_name(artifact_id, suffix))
-                extra_sink, extra_fields = self.stream(extra_path, produce)
+                extra_sink, extra_fields, _check = self.stream(extra_path, produce, _read_through)
                 written += [extra_path, extra_path + ".sha256", extra_path + ".md5"]
                 extra_md5 = extra_sink.md5.hexdigest() if extra_sink.md5 else None
                 mf.write_sidecars(extra_path, extra_sink.sha256.hexdigest(), extra_md5)
@@ -262,23 +266,34 @@ class BackupJob:
         manifest["manifest_path"] = manifest_file
         return manifest
 
-    def stream(self, path, produce, check=None):
-        writer = atomic.AtomicWriter(path)
-        sink = codec.EncodingSink(writer, self.params["compression"], self.params["compression_level"], self.key,
-                                  md5=self.params["md5_sidecar"], check=check)
-        sink.path = path
+    def stream(self, path, produce, inspect):
+        """Write one file of the artifact; with ``verify``, decode and ``inspect`` its stream beside the writing."""
+        check = writer = None
         try:
+            if self.params["verify"]:
+                check = stream_check.StreamCheck(self.key, inspect)
+            writer = atomic.AtomicWriter(path)
+            sink = codec.EncodingSink(writer, self.params["compression"], self.params["compression_level"], self.key,
+                                      md5=self.params["md5_sidecar"], check=check)
+            sink.path = path
             fields = produce(sink)
             sink.finish()
             if check:
                 check.finish()
+                expected = codec.expected_layers(self.params["compression"], bool(self.key))
+                if check.layers != expected:
+                    raise OpsError("verification failed: %s decodes as %s, not %s; no backup was kept"
+                                   % (os.path.basename(path), check.layers or "plain data", expected))
             writer.commit()
         except BaseException:
-            if check:
-                check.abort()
-            writer.abort()
+            try:
+                if check:
+                    check.abort()
+            finally:
+                if writer:
+                    writer.abort()
             raise
-        return sink, fields or {}
+        return sink, fields or {}, check
 
     def describe(self, artifact_id, relative, path, sink, produced, started, duration):
         manifest = {
@@ -305,10 +320,6 @@ class BackupJob:
             if sha256 != expected:
                 raise OpsError("verification failed: %s reads back with sha256 %s, not %s; the disk or filesystem is "
                                "corrupting data; no backup was kept" % (name, sha256, expected))
-        expected = codec.expected_layers(manifest["compression"], manifest["encrypted"])
-        if check.layers != expected:
-            raise OpsError("verification failed: %s decodes as %s, not %s; no backup was kept"
-                           % (manifest["file"], check.layers or "plain data", expected))
         manifest.update(check.fields or {})
         manifest["verified"] = True
 

@@ -8,6 +8,7 @@ check the key counts, turn AOF back on; any failure puts the old files back and 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -73,11 +74,10 @@ class FileSwap:
                 self.moved.append((path, path + self.suffix))
         directory = os.path.dirname(self.rdb_path)
         staged = os.path.join(directory, ".%s.restore" % os.path.basename(self.rdb_path))
-        _stage(rdb, staged)
         old_rdb = dict(self.moved).get(self.rdb_path)
         like = os.stat(old_rdb if old_rdb and os.path.isfile(old_rdb) else directory)
-        os.chmod(staged, (like.st_mode & 0o666) if old_rdb else 0o640)
-        os.chown(staged, like.st_uid, like.st_gid)  # the server's user must read it (it owns the data directory)
+        # the server's user must read it (it owns the data directory)
+        _stage(rdb, staged, (like.st_mode & 0o666) if old_rdb else 0o640, like.st_uid, like.st_gid)
         os.rename(staged, self.rdb_path)
         self.placed = True
         atomic.fsync_dir(directory)
@@ -133,14 +133,28 @@ class FileSwap:
                                                                  (proc.stderr or proc.stdout).strip()[-300:]))
 
 
-def _stage(rdb, staged):
-    """The decoded RDB at ``staged``: a hard link when the scratch copy is on the same filesystem (no second copy of a
-    large file while the server is down), else a copy."""
+def _stage(rdb, staged, mode, uid, gid):
+    """The decoded RDB at ``staged`` with the server's mode and owner. A hard link when the private scratch copy is on
+    the same filesystem (no second copy of a large file while the server is down; the scratch file was fsynced); else
+    a copy into a new file. Nothing here follows a link the server's user may have put in its data directory, and with
+    SELinux on the file is copied so it takes the directory's label."""
     _remove(staged)
-    try:
-        os.link(rdb, staged)
-    except OSError:
-        shutil.copyfile(rdb, staged)
+    if not os.path.exists("/sys/fs/selinux/enforce"):
+        os.chmod(rdb, mode)  # the scratch file: its directory is private to this task
+        os.chown(rdb, uid, gid)
+        try:
+            os.link(rdb, staged)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise OpsError("cannot put the RDB in place as %s: %s" % (staged, exc.strerror), exception=exc)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, open(rdb, "rb") as source:
+        shutil.copyfileobj(source, out, 4 * 1024 * 1024)
+        out.flush()
+        os.fchmod(fd, mode)
+        os.fchown(fd, uid, gid)
+        os.fsync(fd)
 
 
 def _remove(path):

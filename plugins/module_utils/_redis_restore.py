@@ -169,10 +169,11 @@ class RedisRestore:
         if source.is_directory:
             raise OpsError("%s is a directory, not an RDB backup" % source.location)
         self.report.update(src=source.location, id=source.id, path=source.path, checksum=source.checksum_origin)
-        rdb = self.decode(source, scratch_dir)
-        expected = self.expected_keys(source)
         live_mode = self.params["mode"] == "live" and not self.params["validate_only"]
-        if not live_mode and not self.params["validate_only"]:
+        file_mode = not live_mode and not self.params["validate_only"]
+        rdb = self.decode(source, scratch_dir, durable=file_mode)  # in file mode it may become the server's RDB as is
+        expected = self.expected_keys(source)
+        if file_mode:
             # mode file: Redis itself loads the file after the swap and the key counts are checked then
             needed = (source.manifest or {}).get("used_memory") or self.report.data["rdb_size"]
             return self.restore_file(target, rdb, expected, needed)
@@ -195,11 +196,11 @@ class RedisRestore:
 
     # --- reading the backup -------------------------------------------------------------------------
 
-    def decode(self, source, scratch_dir):
+    def decode(self, source, scratch_dir, durable=False):
         """Checksum, decrypt and decompress into a private dump.rdb; refuse anything that is not a whole RDB."""
         clock = time.monotonic()
         path = os.path.join(scratch_dir, "dump.rdb")
-        writer = atomic.AtomicWriter(path, durable=False)
+        writer = atomic.AtomicWriter(path, durable=durable)
         check = rd.RdbCheck(writer)
         try:
             chunks = codec.Peekable(source.plaintext(self.secrets))

@@ -59,19 +59,23 @@ class AtomicWriter:
             raise write_error(self.path, exc)
         if self.durable:
             self.unflushed += len(data)
-            if self.unflushed >= FLUSH_EVERY and (self.flusher is None or not self.flusher.is_alive()):
+            if self.unflushed >= FLUSH_EVERY and (self.flusher is None or self.flusher.done()):
+                self._raise_flush_error()
                 self.unflushed = 0
-                self.flusher = threading.Thread(target=_write_out, args=(self.handle.fileno(),), daemon=True)
-                self.flusher.start()
+                self.flusher = _Flusher(self.handle.fileno())
 
-    def _join_flusher(self):
-        if self.flusher is not None:
-            self.flusher.join()
-            self.flusher = None
+    def _raise_flush_error(self):
+        """A write-out error is reported once per open file: the flusher's is this writer's to raise."""
+        error = self.flusher.error if self.flusher is not None else None
+        if error is not None:
+            self.abort()
+            raise write_error(self.path, error)
 
     def commit(self):
+        if self.flusher is not None:
+            self.flusher.join()
+            self._raise_flush_error()
         try:
-            self._join_flusher()
             if self.durable:
                 os.fsync(self.handle.fileno())
             self.handle.close()
@@ -83,7 +87,7 @@ class AtomicWriter:
             raise write_error(self.path, exc)
 
     def abort(self):
-        self._join_flusher()
+        self.flusher = None  # it syncs its own descriptor and closes it: nothing to wait for
         try:
             self.handle.close()
         except OSError:
@@ -94,11 +98,28 @@ class AtomicWriter:
             pass
 
 
-def _write_out(fd):
-    try:
-        os.fdatasync(fd)
-    except OSError:  # the final fsync reports it
-        pass
+class _Flusher:
+    """fdatasync on a duplicate of the writer's descriptor, in a thread; keeps the error for the writer."""
+
+    def __init__(self, fd):
+        self.fd = os.dup(fd)
+        self.error = None
+        self.thread = threading.Thread(target=self._run, name="write-out", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self.fd)
+
+    def done(self):
+        return not self.thread.is_alive()
+
+    def join(self):
+        self.thread.join()
 
 
 def write_error(path, exc):

@@ -4,7 +4,7 @@
 
 A thread takes every encoded chunk the writer emits, decodes it through the one decode path restores use
 (``codec.decode``), compares the result byte for byte with what the source produced, and hands the decoded
-stream to the kind's own inspection (``pg_restore --list``, the RDB walk ...). With a sha256 re-read of the
+stream to the kind's own inspection (``pg_restore --list``, the RDB's head and end marker ...). With a sha256 re-read of the
 file on disk afterwards this proves what a full read-back proves, without decoding the artifact a second time.
 """
 
@@ -34,6 +34,7 @@ class StreamCheck:
         self.error = None
         self.compared = 0
         self.ended = False
+        self.aborted = False
         self.thread = threading.Thread(target=self._work, name="stream-check", daemon=True)
         self.thread.start()
 
@@ -59,7 +60,8 @@ class StreamCheck:
         return self.fields
 
     def abort(self):
-        """Stop the thread after a failed write (its result no longer matters)."""
+        """Stop the thread after a failed write (its result no longer matters): the backlog is dropped unread."""
+        self.aborted = True
         self.error = self.error or OpsError("aborted")
         self.chunks.put(_END)
         self.thread.join()
@@ -74,6 +76,8 @@ class StreamCheck:
             if item is _END:
                 self.ended = True
                 return
+            if self.aborted:
+                raise OpsError("aborted")
             is_raw, data = item
             if is_raw:
                 self.pending += data

@@ -151,3 +151,48 @@ def test_bytes_changed_on_disk_after_the_write_fail_the_read_back_and_nothing_is
     with pytest.raises(OpsError, match="reads back with sha256"):
         FileJob(Module(), job_params(tmp_path), "app").run()
     assert not [name for _d, _s, names in os.walk(tmp_path) for name in names if not name.endswith(".lock")]
+
+
+def test_a_write_out_error_seen_by_the_background_flusher_fails_the_commit(tmp_path, monkeypatch):
+    def failing_fdatasync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(atomic, "FLUSH_EVERY", 1024)
+    monkeypatch.setattr(atomic.os, "fdatasync", failing_fdatasync)
+    writer = atomic.AtomicWriter(str(tmp_path / "a"))
+    writer.write(b"x" * 4096)
+    with pytest.raises(OpsError, match="Input/output error"):
+        writer.write(b"y" * 4096)
+        writer.commit()
+    assert not os.listdir(tmp_path)
+
+
+def test_a_check_that_cannot_start_its_file_leaves_no_thread(tmp_path):
+    before = threading.active_count()
+    params = job_params(tmp_path)
+    job = FileJob(Module(), params, "app")
+    with pytest.raises(OpsError, match="cannot write"):
+        job.stream(str(tmp_path / "missing-dir" / "x.zst"), job.produce, lambda chunks: {})
+    assert threading.active_count() == before
+
+
+class GlobalsJob(FileJob):
+    def extras(self):
+        def produce_globals(sink):
+            sink.write(b"CREATE ROLE app;\n" * 1000)
+            return {"globals_file": "g"}
+        return [(".globals.sql", produce_globals)]
+
+
+def test_extra_files_are_checked_in_stream_too(tmp_path, monkeypatch):
+    checked = []
+    real = stream_check.StreamCheck.finish
+
+    def finish(self):
+        fields = real(self)
+        checked.append(self.compared)
+        return fields
+
+    monkeypatch.setattr(stream_check.StreamCheck, "finish", finish)
+    backup = GlobalsJob(Module(), job_params(tmp_path), "app").run()["backup"]
+    assert backup["verified"] and checked == [len(PAYLOAD), len(b"CREATE ROLE app;\n" * 1000)]
