@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import (DockerEngine, ServerError, alive, compose_binary, release_mounts,  # noqa: E402
+from servers import (DockerEngine, ServerError, alive, compose_binary, release_mounts, remove_links,  # noqa: E402
                      remove_cgroups, stop_pid)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -450,7 +450,11 @@ class Fleet:
             if ids:
                 run(["docker", "rm", "-f", "-v"] + ids, check=False, env=env)
             run(["docker", "network", "rm", state.get("network") or self.network], check=False, env=env)
+            left = DockerEngine(engine_dir)  # networks others made on this engine (molecule's) go too
+            bridges = left.bridges()
+            left.docker("network", "prune", "-f", check=False)
             stop_pid(state["engine_pid"], 30)
+            remove_links(bridges)
         elif running:
             self.engine.docker("network", "rm", self.network, check=False)
             self.engine.stop()

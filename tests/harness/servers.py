@@ -382,18 +382,38 @@ class DockerEngine:
                 "exec redis-server /tmp/redis.conf")
 
     def stop(self):
+        bridges = []
         if self.proc is not None and self.proc.poll() is None:
             containers = self.docker("ps", "-aq", check=False).stdout.split()
             if containers:
                 self.docker("rm", "-f", "-v", *containers, check=False)
+            bridges = self.bridges()
+            self.docker("network", "prune", "-f", check=False)
             self.proc.terminate()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        remove_links(bridges)  # a dockerd that did not get to remove them leaves them in the host's namespace for good
         release_mounts(self.base_dir, self.data_root)
         remove_cgroups(self.cgroup_parent)
+
+    def bridges(self):
+        """The Linux bridges of this engine's networks (``br-<id>`` unless the network names its own)."""
+        ids = self.docker("network", "ls", "-q", "--no-trunc", "--filter", "driver=bridge", check=False).stdout.split()
+        names = []
+        for network_id in ids:
+            named = self.docker("network", "inspect", "-f", '{{index .Options "com.docker.network.bridge.name"}}',
+                                network_id, check=False).stdout.strip()
+            names.append(named if named and named != "<no value>" else "br-%s" % network_id[:12])
+        return names
+
+
+def remove_links(names):
+    for name in names:
+        if Path("/sys/class/net", name).exists():
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
 
 
 def release_mounts(*roots):
