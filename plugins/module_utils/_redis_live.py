@@ -183,3 +183,116 @@ def _content(conn, key):
                b"set": lambda k: sorted(conn.smembers(k)), b"zset": lambda k: conn.zrange(k, 0, -1, withscores=True),
                b"stream": conn.xrange}
     return kind, readers.get(kind, conn.dump)(key)
+
+
+class Streamer:
+    """Writes an RDB's keys into the target as RESTORE commands on one connection, window after window: Python
+    parses and sends the next window while the target restores the one before (as ``redis-cli --pipe`` does),
+    and no scratch server loads the data first. Replies are counted as they come, so a failure half way reports
+    exactly what was written."""
+
+    WINDOW = 2000  # commands a write carries
+    IN_FLIGHT = 2  # windows sent and not yet answered
+
+    def __init__(self, target, replace, crc):
+        self.target = target
+        self.replace = replace
+        self.crc = crc
+        self.pending = []  # per window sent: (commands, {src db: keys}, [(index, src db)] of RESTOREs)
+        self.buffer = b""
+        self.errors = []
+
+    def run(self, rdb, plan, per_db, sample, now_ms):
+        """Stream every key not yet expired at ``now_ms`` from src db to plan[src db]; ``sample`` collects up to
+        SAMPLE (key, expire, payload) a db for the check afterwards."""
+        redis = rd.library()
+        pool = self.target.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.connect()
+            self.sock = conn._sock  # redis-py has no raw write/read pair; its connection is set up (TLS, AUTH)
+            self._run(rdb, plan, per_db, sample, now_ms)
+        except (OSError, redis.RedisError) as exc:
+            seen = redis.TimeoutError(str(exc)) if isinstance(exc, TimeoutError) else exc  # the raw socket's timeout
+            raise OpsError("streaming keys to the target failed: %s" % rd.explain(seen, self.target.runbook_params),
+                           exception=exc)
+        finally:
+            conn.disconnect()  # it may have another db selected
+            pool.release(conn)
+
+    def _run(self, rdb, plan, per_db, sample, now_ms):
+        flags = b"ABSTTL\r\n$7\r\nREPLACE\r\n" if self.replace else b"ABSTTL\r\n"
+        header = b"*%d\r\n$7\r\nRESTORE\r\n$" % (6 if self.replace else 5)
+        commands, counts, restores, db = [], {}, [], None
+        for record in rdb.records():
+            if record.expire_ms and record.expire_ms <= now_ms:
+                per_db[str(record.db)]["expired"] += 1
+                continue
+            if record.db != db:
+                db = record.db
+                dst = b"%d" % plan[db]
+                commands.append(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(dst), dst))
+            payload = rdb.payload(record, self.crc)
+            ttl = b"%d" % record.expire_ms
+            commands.append(b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$6\r\n%s" % (
+                header, len(record.key), record.key, len(ttl), ttl, len(payload), payload, flags))
+            restores.append((len(commands) - 1, db))
+            counts[db] = counts.get(db, 0) + 1
+            kept = sample.setdefault(db, [])
+            if len(kept) < SAMPLE:
+                kept.append((record.key, record.expire_ms, payload))
+            if len(commands) >= self.WINDOW:
+                self.send(commands, counts, restores, per_db)
+                commands, counts, restores = [], {}, []
+        if commands:
+            self.send(commands, counts, restores, per_db)
+        while self.pending:
+            self.settle(per_db)
+
+    def send(self, commands, counts, restores, per_db):
+        self.sock.sendall(b"".join(commands))
+        self.pending.append((len(commands), counts, restores))
+        while len(self.pending) > self.IN_FLIGHT:
+            self.settle(per_db)
+
+    def settle(self, per_db):
+        """Read the replies of the oldest window: each is one line, +OK or -ERROR."""
+        size, counts, restores = self.pending.pop(0)
+        while self.buffer.count(b"\r\n") < size:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise OSError("the target closed the connection")
+            self.buffer += data
+        parts = self.buffer.split(b"\r\n", size)
+        self.buffer = parts[size]
+        failed = [index for index, line in enumerate(parts[:size]) if line[:1] != b"+"]
+        lost = {}
+        where = dict(restores) if failed else {}
+        for index in failed:
+            if index not in where:
+                raise OpsError("the target refused SELECT: %s" % parts[index].decode(errors="replace"))
+            lost[where[index]] = lost.get(where[index], 0) + 1
+            if len(self.errors) < 5:
+                self.errors.append(parts[index][1:].decode(errors="replace"))
+        for db, count in counts.items():
+            per_db[str(db)]["restored"] += count - lost.get(db, 0)
+            per_db[str(db)]["failed"] += lost.get(db, 0)
+
+
+def compare_sent(sample, target, plan, scratch_dir, timeout):
+    """compare_sample for a streamed restore: the sampled payloads are restored into an empty private server (no
+    load: it starts at once) and compared with the target there, so values whose DUMP depends on internal order
+    are compared by content as before."""
+    scratch = rd.ScratchServer(scratch_dir, "sample", rdb_name="sample-starts-empty.rdb")
+    scratch.launch()
+    try:
+        loaded = scratch.wait(timeout)
+        for db, entries in sample.items():
+            pipe = rd.for_db(loaded, db).pipeline(transaction=False)
+            for key, expire_ms, payload in entries:
+                pipe.restore(key, expire_ms, payload, absttl=True)
+            pipe.execute(raise_on_error=False)
+        batches = {db: [[key for key, _expire, _payload in entries]] for db, entries in sample.items()}
+        return compare_sample(loaded, target, [(db, plan[db]) for db in sorted(sample)], batches, False)
+    finally:
+        scratch.stop()

@@ -19,6 +19,7 @@ from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
 from ansible_collections.runbook.ops.plugins.module_utils import _redis_backup
 from ansible_collections.runbook.ops.plugins.module_utils import _redis_live as live
+from ansible_collections.runbook.ops.plugins.module_utils import _redis_rdb as rdb_reader
 from ansible_collections.runbook.ops.plugins.module_utils import _report
 from ansible_collections.runbook.ops.plugins.module_utils import _sources
 from ansible_collections.runbook.ops.plugins.module_utils._artifacts import atomic, codec, manifest as mf, store as st
@@ -45,7 +46,7 @@ def argspec_ex():
             key_pattern=dict(type="str", no_log=False),
             db_map=dict(type="dict", default={}),
             batch_size=dict(type="int", default=1000),
-            transport=dict(type="str", default="auto", choices=["auto", "migrate", "dump"]),
+            transport=dict(type="str", default="auto", choices=["auto", "stream", "migrate", "dump"]),
             scratch_servers=dict(type="int", default=2),
             load_timeout=dict(type="int", default=600),
             service=dict(type="str"),
@@ -130,6 +131,7 @@ class RedisRestore:
         self.stamp = mf.utc_now().strftime("%Y%m%d_%H%M%S")
         self.report = Report(KIND)
         self.wrote = False
+        self.target = None
 
     def run(self):
         validate(self.params)
@@ -142,6 +144,7 @@ class RedisRestore:
             if container is not None:
                 self.report.update(container=_container.describe(container))
             target = rd.client(self.params)  # a target that is down fails first
+            self.target = target
             master = rd.replica_of(target)
             if master:
                 raise OpsError("the target %s is a read-only replica of %s: a restore must go to the master (the "
@@ -177,6 +180,10 @@ class RedisRestore:
             # mode file: Redis itself loads the file after the swap and the key counts are checked then
             needed = (source.manifest or {}).get("used_memory") or self.report.data["rdb_size"]
             return self.restore_file(target, rdb, expected, needed)
+        if live_mode:
+            streamed = self.restore_stream(rdb, source, target, expected, scratch_dir)
+            if streamed is not None:
+                return streamed
         scratches = [rd.ScratchServer(scratch_dir, "scratch%d" % i)
                      for i in range(self.params["scratch_servers"] if live_mode else 1)]
         try:
@@ -185,7 +192,7 @@ class RedisRestore:
                 server.launch()
             loaded = [server.wait(self.params["load_timeout"]) for server in scratches]
             self.report.update(scratch_load_duration=round(time.monotonic() - clock, 3))
-            self.check_loaded(loaded[0], expected)
+            self.check_loaded(loaded[0], expected, rdb)
             if self.params["validate_only"]:
                 self.report.update(valid=True)
                 return self.report.result(False)
@@ -225,10 +232,10 @@ class RedisRestore:
         keys = (source.manifest or {}).get("keys")
         return {int(db): int(count) for db, count in keys.items()} if keys is not None else None
 
-    def check_loaded(self, loaded, expected):
+    def check_loaded(self, loaded, expected, path):
         found = rd.keyspace(loaded)
         self.report.keys("backup_keys", found)
-        if expected is not None and {db: c for db, c in expected.items() if c} != found:
+        if expected is not None and not rdb_reader.counts_match(path, expected, found, int(time.time() * 1000)):
             raise OpsError("the backup loads with keys per db %s but its manifest says %s; refusing to restore it"
                            % (self.report.data["backup_keys"], {str(k): v for k, v in expected.items()}))
 
@@ -255,10 +262,10 @@ class RedisRestore:
 
     # --- live ---------------------------------------------------------------------------------------
 
-    def restore_live(self, scratches, target):
+    def live_plan(self, source_dbs, target):
+        """(source db, target db) pairs, the target's keys per db, the target dbs touched and the keys already in
+        them; refuses a plan that cannot work, and keys in the way without a policy for them."""
         params = self.params
-        loaded = scratches[0]
-        source_dbs = sorted(rd.keyspace(loaded))
         plan = [(db, self.db_map.get(db, db)) for db in source_dbs]
         check_plan(plan)
         missing = sorted({dst for _src, dst in plan if not rd.db_exists(target, dst)})
@@ -275,6 +282,127 @@ class RedisRestore:
             raise OpsError("the target has %d keys in db %s: set flush_first: true, existing_keys: replace or skip, or "
                            "force: true (then a key that exists fails the restore before anything is written)"
                            % (present, ", ".join(map(str, touched))))
+        return plan, before, touched, present
+
+    def freed_by_flush(self, target, before, touched):
+        if not self.params["flush_first"] or self.params["key_pattern"]:
+            return 0
+        used = rd.memory(target)
+        return max(0, used["used"] - used["startup"]) * sum(before.get(dst, 0) for dst in touched) // max(1, sum(before.values()))
+
+    def live_diff(self):
+        before = self.report.data["target_keys_before"]
+        return {"before": "".join("db%s: %s keys\n" % item for item in before.items()),
+                "after": "restored from %s with policy %s%s\n" % (self.report.data["id"], self.policy,
+                                                                  ", flushed first" if self.params["flush_first"] else "")}
+
+    def begin_writes(self, before, touched):
+        """The safety backup, then the flush: the first writes. False in check mode (nothing is written)."""
+        params = self.params
+        wants_safety = params["safety_backup"] and sum(before.values())
+        if self.module.check_mode:
+            self.report.update(safety_backup="would be taken" if wants_safety else None)
+            return False
+        self.report.update(safety_backup=self.safety_backup() if wants_safety else None)
+        self.wrote = bool(wants_safety)
+        if params["flush_first"]:
+            self.wrote = True
+            self.report.update(flushed={str(dst): live.flush(rd.for_db(self.target, dst), params["key_pattern"])
+                                        for dst in touched})
+        return True
+
+    def stopped_half_way(self, exc, per_db):
+        self.wrote = True
+        try:
+            self.report.keys("target_keys_after", rd.keyspace(self.target))
+        except rd.library().RedisError:
+            self.report.update(target_keys_after="unknown: the target does not answer")
+        return exc.extend("the restore stopped after %d keys were written in whole batches (per db: %s); the target "
+                          "now holds keys per db %s (before: %s)"
+                          % (sum(d["restored"] for d in per_db.values()), per_db,
+                             self.report.data["target_keys_after"], self.report.data["target_keys_before"]))
+
+    def finish_live(self, restored, per_db, sample):
+        self.report.update(restored=restored, skipped=sum(d["skipped"] for d in per_db.values()),
+                           failed=sum(d["failed"] for d in per_db.values()),
+                           keys_per_second=round(restored / self.report.data["load_duration"])
+                           if self.report.data["load_duration"] else None, sample=sample)
+        self.report.keys("target_keys_after", rd.keyspace(self.target))
+        if self.report.data["failed"] or sample["mismatched"]:
+            raise OpsError("the restore wrote %d keys but %d failed and %d sampled keys differ (%s); per db: %s"
+                           % (restored, self.report.data["failed"], sample["mismatched"], ", ".join(sample["examples"]),
+                              per_db))
+        return self.report.result(restored > 0 or bool(self.params["flush_first"]), self.live_diff())
+
+    def stream_refused(self):
+        """Why this restore cannot stream the file straight into the target, or None."""
+        params = self.params
+        if params["transport"] in ("migrate", "dump"):
+            return "transport %s was asked for" % params["transport"]
+        if params["key_pattern"]:
+            return "key_pattern selects keys by Redis's own glob, which a scratch server applies"
+        if params["force"] or self.policy == "skip":
+            return "existing_keys %s needs the backup's keys listed against the target's first" % (
+                "skip" if self.policy == "skip" else "fail with force")
+        if self.crc is None:
+            return "the Python package anycrc (the CRC64 of RESTORE payloads) is not installed on this host"
+        return None
+
+    def restore_stream(self, path, source, target, expected, scratch_dir):
+        """Mode live without a scratch server: the file is checked whole (structure, RDB checksum, key counts
+        against the manifest), then streamed as RESTORE commands. None when this restore needs the scratch
+        servers instead (the reason is reported as stream_fallback)."""
+        params = self.params
+        self.crc = rdb_reader.crc64()
+        reason = self.stream_refused()
+        clock = time.monotonic()
+        if reason is None:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            try:
+                rdb = rdb_reader.RdbFile(data, source.location)
+                counts, _kinds = rdb.check(self.crc)
+            except rdb_reader.Unsupported as exc:
+                reason = str(exc)
+        if reason is not None:
+            if params["transport"] == "stream":
+                raise OpsError("transport stream cannot restore this backup: %s. Use transport auto; nothing was "
+                               "changed" % reason)
+            self.report.update(stream_fallback=reason)
+            return None
+        self.report.update(scan_duration=round(time.monotonic() - clock, 3))
+        self.report.keys("backup_keys", {db: count for db, count in counts.items() if count})
+        if expected is not None and {db: c for db, c in expected.items() if c} != {db: c for db, c in counts.items() if c}:
+            raise OpsError("the backup holds keys per db %s but its manifest says %s; refusing to restore it"
+                           % (self.report.data["backup_keys"], {str(k): v for k, v in expected.items()}))
+        plan, before, touched, _present = self.live_plan(sorted(counts), target)  # keys in the way: flush or replace
+        needed = (source.manifest or {}).get("used_memory") or self.report.data["rdb_size"]
+        self.check_memory(target, needed, self.freed_by_flush(target, before, touched))
+        clock = time.monotonic()
+        if not self.begin_writes(before, touched):
+            return self.report.result(True, self.live_diff())
+        per_db = {str(src): {"target_db": dst, "restored": 0, "skipped": 0, "failed": 0, "expired": 0,
+                             "transport": "stream"} for src, dst in plan}
+        self.report.update(per_db=per_db)
+        sample, now_ms = {}, int(time.time() * 1000)  # keys expired by now are counted, not sent (as a load skips them)
+        streamer = live.Streamer(target, self.policy == "replace" or params["flush_first"], self.crc)
+        try:
+            streamer.run(rdb, dict(plan), per_db, sample, now_ms)
+        except OpsError as exc:
+            raise self.stopped_half_way(exc, per_db)
+        finally:
+            self.wrote = self.wrote or any(d["restored"] for d in per_db.values())
+        self.report.update(load_duration=round(time.monotonic() - clock, 3), transport="stream",
+                           errors=streamer.errors)
+        restored = sum(d["restored"] for d in per_db.values())
+        checked = live.compare_sent(sample, target, dict(plan), scratch_dir, self.params["load_timeout"])
+        return self.finish_live(restored, per_db, checked)
+
+    def restore_live(self, scratches, target):
+        params = self.params
+        loaded = scratches[0]
+        source_dbs = sorted(rd.keyspace(loaded))
+        plan, before, touched, present = self.live_plan(source_dbs, target)
         clock = time.monotonic()
         batches = {db: list(live.key_batches(rd.for_db(loaded, db), params["key_pattern"], params["batch_size"]))
                    for db in source_dbs}
@@ -285,28 +413,13 @@ class RedisRestore:
                            % (params["key_pattern"], self.report.data["backup_keys"]))
         total = sum(rd.keyspace(loaded).values()) or 1
         needed = self.dataset_memory(loaded) * selected // total
-        freed = 0
-        if params["flush_first"] and not params["key_pattern"]:
-            used = rd.memory(target)
-            freed = max(0, used["used"] - used["startup"]) * sum(before.get(dst, 0) for dst in touched) // max(1, sum(before.values()))
-        self.check_memory(target, needed, freed)
+        self.check_memory(target, needed, self.freed_by_flush(target, before, touched))
         skip_existing = self.policy == "skip" and not params["flush_first"]
         if self.policy == "fail" and present and not params["flush_first"]:
             self.refuse_collisions(target, plan, batches)
-        diff = {"before": "".join("db%s: %d keys\n" % item for item in sorted(before.items())),
-                "after": "restored from %s with policy %s%s\n" % (self.report.data["id"], self.policy,
-                                                                  ", flushed first" if params["flush_first"] else "")}
-        wants_safety = params["safety_backup"] and sum(before.values())
-        if self.module.check_mode:
-            self.report.update(safety_backup="would be taken" if wants_safety else None)
-            return self.report.result(True, diff)
-        self.report.update(safety_backup=self.safety_backup() if wants_safety else None)
-        self.wrote = bool(wants_safety)
         clock = time.monotonic()
-        if params["flush_first"]:
-            self.wrote = True
-            self.report.update(flushed={str(dst): live.flush(rd.for_db(target, dst), params["key_pattern"])
-                                        for dst in touched})
+        if not self.begin_writes(before, touched):
+            return self.report.result(True, self.live_diff())
         per_db = {}
         self.report.update(per_db=per_db)
         copier = live.Copier(params, replace=self.policy == "replace" or params["flush_first"])
@@ -316,29 +429,10 @@ class RedisRestore:
                 copier.copy_db(per_db[str(src_db)], scratches, target, src_db, dst_db, batches[src_db], skip_existing)
                 self.wrote = self.wrote or per_db[str(src_db)]["restored"] > 0
         except OpsError as exc:
-            self.wrote = True
-            try:
-                self.report.keys("target_keys_after", rd.keyspace(target))
-            except rd.library().RedisError:
-                self.report.update(target_keys_after="unknown: the target does not answer")
-            raise exc.extend("the restore stopped after %d keys were written in whole batches (per db: %s); the target "
-                             "now holds keys per db %s (before: %s)"
-                             % (sum(d["restored"] for d in per_db.values()), per_db,
-                                self.report.data["target_keys_after"], self.report.data["target_keys_before"]))
+            raise self.stopped_half_way(exc, per_db)
         self.report.update(load_duration=round(time.monotonic() - clock, 3))
         restored = sum(d["restored"] for d in per_db.values())
-        self.report.update(restored=restored, skipped=sum(d["skipped"] for d in per_db.values()),
-                           failed=sum(d["failed"] for d in per_db.values()),
-                           keys_per_second=round(restored / self.report.data["load_duration"])
-                           if self.report.data["load_duration"] else None,
-                           sample=live.compare_sample(loaded, target, plan, batches, skip_existing))
-        self.report.keys("target_keys_after", rd.keyspace(target))
-        sample = self.report.data["sample"]
-        if self.report.data["failed"] or sample["mismatched"]:
-            raise OpsError("the restore wrote %d keys but %d failed and %d sampled keys differ (%s); per db: %s"
-                           % (restored, self.report.data["failed"], sample["mismatched"], ", ".join(sample["examples"]),
-                              per_db))
-        return self.report.result(restored > 0 or bool(params["flush_first"]), diff)
+        return self.finish_live(restored, per_db, live.compare_sample(loaded, target, plan, batches, skip_existing))
 
     def refuse_collisions(self, target, plan, batches):
         found = []

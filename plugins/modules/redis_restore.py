@@ -11,10 +11,16 @@ version_added: 0.1.0
 description:
   - Reads the whole backup first (checksum from the manifest or a C(.sha256)/C(.md5) sidecar, decryption,
     decompression, RDB header and end marker) and refuses bad input before the target is touched.
-  - In O(mode=live) the target stays online and is never restarted. The RDB is loaded by a private C(redis-server)
-    on a free loopback port (so Redis itself parses it, whatever its version), its key counts are checked against
-    the manifest, and keys are copied to the target in batches by C(MIGRATE ... COPY KEYS) from that server (through
-    this host with C(DUMP)/C(RESTORE) when MIGRATE cannot reach the target, for example over TLS), keeping TTLs.
+  - In O(mode=live) the target stays online and is never restarted. By default (O(transport=auto)) the RDB is
+    checked whole first (its structure, its own CRC64 and its key counts against the manifest) and then streamed
+    straight into the target as C(RESTORE ... ABSTTL) commands on one connection, as C(redis-cli --pipe) would, with
+    no intermediate server; a sample of keys is then compared by value and TTL. This needs the Python package
+    C(anycrc) on the host.
+  - Where streaming does not apply (O(key_pattern), O(existing_keys=skip), O(force), module types or data this
+    reader does not know, no C(anycrc)) the RDB is loaded by private C(redis-server)s on free loopback ports (so Redis
+    itself parses it, whatever its version), its key counts are checked against the manifest, and keys are copied in
+    batches by C(MIGRATE ... COPY KEYS) from those servers (through this host with C(DUMP)/C(RESTORE) when MIGRATE
+    cannot reach the target, for example over TLS), keeping TTLs. The result's C(stream_fallback) says why.
   - In O(mode=file) the service is stopped, the old RDB and AOF are kept aside, the new RDB is put in place with AOF
     off for the load, the service is started, key counts are checked against the manifest, and AOF is turned back on
     (and the config file put back as it was). Any failure puts the old files back and starts the service again.
@@ -32,7 +38,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Validates the backup (including the load into a private server) and reports what would happen.
+    details: Validates the backup (the whole RDB check, or its load into a private server) and reports what would happen.
   diff_mode:
     support: full
     details: Shows the target's key counts before and the backup restored after.
@@ -107,10 +113,14 @@ options:
     type: int
     default: 1000
   transport:
-    description: V(migrate) (server to server), V(dump) (DUMP/RESTORE through this host), or V(auto) (migrate, dump over TLS or when MIGRATE fails).
+    description:
+      - V(stream) (the RDB straight into the target as RESTORE commands, no scratch server), V(migrate) (from scratch
+        servers, server to server), V(dump) (DUMP/RESTORE from scratch servers through this host).
+      - V(auto) streams where it can and otherwise uses migrate (dump over TLS, into a container, or when MIGRATE
+        fails). V(stream) fails, before anything is written, where streaming does not apply.
     type: str
     default: auto
-    choices: [auto, migrate, dump]
+    choices: [auto, stream, migrate, dump]
   scratch_servers:
     description:
       - Private servers that load the backup in O(mode=live) and MIGRATE to the target in turn, so one serializes a batch
@@ -218,7 +228,7 @@ restore:
       description: The existing-keys policy applied.
       type: str
     per_db:
-      description: For each db of the backup, the target db and the keys restored, skipped and failed, and the transport.
+      description: For each db of the backup, the target db and the keys restored, skipped, failed (and when streaming, already expired), and the transport.
       type: dict
     restored:
       description: Keys written.
@@ -258,8 +268,18 @@ restore:
       description: Seconds the private servers took to load the backup (live mode and validation).
       type: float
     scan_duration:
-      description: Seconds spent listing the keys to copy (live mode).
+      description: Seconds spent listing the keys to copy (live mode), or checking the whole RDB before streaming it.
       type: float
+    transport:
+      description: V(stream) when the RDB was streamed into the target (per_db says the transport of a copy).
+      type: str
+    stream_fallback:
+      description: In live mode, why the RDB was not streamed and scratch servers loaded it instead.
+      type: str
+    errors:
+      description: When streaming, the first few errors the target returned for keys it refused.
+      type: list
+      elements: str
     load_duration:
       description: Seconds spent writing into the target (live) or swapping and reloading (file).
       type: float

@@ -170,7 +170,7 @@ def test_redis_in_a_container_backed_up_and_restored_live(ansible, platform, tmp
     assert scan.leaks == []
     assert restored.rc == 0, restored
     report = restored.task("redis_restore")["result"]["restore"]
-    assert report["restored"] == 300 and report["per_db"]["0"]["transport"] == "dump"
+    assert report["restored"] == 300 and report["per_db"]["0"]["transport"] == "stream"
     assert redis_content(engine) == original
     for result in run.results + restored.results:
         assert REDIS_PASSWORD not in json.dumps(result)

@@ -124,7 +124,8 @@ def test_a9_a_source_that_freezes_mid_stream_fails_in_time_and_leaves_nothing(an
     store = {"dir": str(tmp_path / "store")}
     spec = dict(connection(source), store=store, method="replication", idle_timeout=2, connect_timeout=1)
     finish = ansible.start(task(BACKUP, "redis_backup", spec))
-    wait_for_process(lambda argv: argv[0].endswith(b"redis-cli") and b"--rdb" in argv)
+    port = str(source.port).encode()  # this test's own redis-cli, not one of a test running beside it
+    wait_for_process(lambda argv: argv[0].endswith(b"redis-cli") and b"--rdb" in argv and port in argv)
     time.sleep(1)  # the snapshot is streaming
     os.kill(source.proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()

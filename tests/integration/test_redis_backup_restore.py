@@ -105,7 +105,7 @@ def test_round_trip_of_every_type_ttl_and_db_through_password_and_acl_servers(an
     assert run.rc == 0, run
     restore = run.task(RESTORE)["result"]["restore"]
     assert restore["restored"] == 921 and restore["failed"] == 0 and restore["skipped"] == 0
-    assert restore["per_db"]["1"]["transport"] == "migrate" and restore["safety_backup"] is None
+    assert restore["per_db"]["1"]["transport"] == "stream" and restore["safety_backup"] is None
     assert restore["sample"]["mismatched"] == 0 and restore["sample"]["checked"] > 0
     assert restore["layers"] == ["aes-256-gcm", "zstd"] and restore["checksum"] == "manifest"
     same_data(snapshot(source), snapshot(target))

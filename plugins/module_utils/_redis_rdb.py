@@ -1,0 +1,285 @@
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to runbook.ops: reading an RDB file key by key, so it can be streamed into a live server as RESTORE
+commands with no intermediate server. Not a public API.
+
+A key's value in an RDB is serialized exactly as a DUMP payload carries it; a payload is the type byte, that
+serialization, the RDB version (2 bytes, little endian) and a CRC64 of all of it (Jones polynomial, as Redis
+computes it). Values are never decoded here, only measured, so the parse costs a few steps a key. Anything
+this reader does not know (module types, module aux data, pre-GA function records, newer types) raises
+``Unsupported`` before anything is written; the caller then loads the file into a scratch server instead.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+
+RDB_EOF = 0xFF
+OP_SELECTDB, OP_EXPIRETIME_MS, OP_EXPIRETIME, OP_RESIZEDB, OP_AUX = 0xFE, 0xFC, 0xFD, 0xFB, 0xFA
+OP_FREQ, OP_IDLE, OP_MODULE_AUX, OP_FUNCTION_PRE_GA, OP_FUNCTION2, OP_SLOT_INFO = 0xF9, 0xF8, 0xF7, 0xF6, 0xF5, 0xF4
+
+ONE_STRING = frozenset((0, 9, 10, 11, 12, 13, 16, 17, 20))  # a string, or a ziplist/listpack/intset blob
+STRINGS = frozenset((1, 2, 14))  # a count, then that many strings
+STREAMS = frozenset((15, 19, 21))
+NAMES = {0: "string", 1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 9: "hash", 10: "list", 11: "set",
+         12: "zset", 13: "hash", 14: "list", 15: "stream", 16: "hash", 17: "zset", 18: "list", 19: "stream",
+         20: "set", 21: "stream"}
+MAX_VERSION = 12  # Redis 7.4; a newer file may hold types this reader does not know
+
+
+class Unsupported(Exception):
+    """The file holds something this reader does not stream; Redis itself has to load it."""
+
+
+def crc64():
+    """The CRC64 Redis puts on RDB files and DUMP payloads (anycrc's C implementation), or None without anycrc."""
+    try:
+        import anycrc
+    except ImportError:
+        return None
+    return anycrc.Model("CRC64-REDIS").calc
+
+
+class Record:
+    __slots__ = ("db", "key", "expire_ms", "kind", "start", "end")
+
+    def __init__(self, db, key, expire_ms, kind, start, end):
+        self.db, self.key, self.expire_ms, self.kind, self.start, self.end = db, key, expire_ms, kind, start, end
+
+
+class RdbFile:
+    """An RDB held in memory (bytes or mmap): ``check()`` walks it once, ``records()`` yields its keys."""
+
+    def __init__(self, data, what="the backup"):
+        self.data = data
+        self.what = what
+        if bytes(data[:5]) != b"REDIS" or not bytes(data[5:9]).isdigit():
+            raise OpsError("%s is not a Redis RDB file" % what)
+        self.version = int(bytes(data[5:9]))
+        if self.version > MAX_VERSION:
+            raise Unsupported("RDB version %d is newer than this reader knows (%d)" % (self.version, MAX_VERSION))
+        self.footer = struct.pack("<H", self.version)
+
+    def payload(self, record, crc):
+        body = bytes((record.kind,)) + self.data[record.start:record.end] + self.footer
+        return body + crc(body).to_bytes(8, "little")
+
+    def check(self, crc):
+        """Walk the whole file: keys per db (as its manifest counts them, expired or not), the kinds seen, and
+        the file's own CRC64. OpsError on damage, Unsupported on what only Redis can read."""
+        counts, kinds = {}, set()
+        for record in self.records():
+            kinds.add(record.kind)
+            counts[record.db] = counts.get(record.db, 0) + 1
+        if self.version >= 5:
+            stored = bytes(self.data[self.end:self.end + 8])
+            if len(stored) != 8:
+                raise OpsError("%s is truncated: its RDB checksum is missing" % self.what)
+            if stored != b"\0" * 8 and crc(memoryview(self.data)[:self.end]).to_bytes(8, "little") != stored:
+                raise OpsError("%s is damaged: its RDB checksum does not match its content" % self.what)
+        return counts, kinds
+
+    def records(self):
+        data = self.data
+        size = len(data)
+        i, db, expire = 9, 0, 0
+        try:
+            while True:
+                op = data[i]
+                i += 1
+                if op >= OP_SLOT_INFO:
+                    if op == RDB_EOF:
+                        self.end = i
+                        return
+                    if op == OP_SELECTDB:
+                        db, i = _length(data, i)
+                    elif op == OP_EXPIRETIME_MS:
+                        expire = int.from_bytes(data[i:i + 8], "little")
+                        i += 8
+                    elif op == OP_EXPIRETIME:
+                        expire = int.from_bytes(data[i:i + 4], "little") * 1000
+                        i += 4
+                    elif op == OP_RESIZEDB:
+                        i = _length(data, _length(data, i)[1])[1]
+                    elif op == OP_AUX:
+                        i = _skip(data, _skip(data, i))
+                    elif op == OP_FREQ:
+                        i += 1
+                    elif op == OP_IDLE:
+                        i = _length(data, i)[1]
+                    elif op == OP_FUNCTION2:
+                        i = _skip(data, i)  # a function library: a live restore copies keys, not functions
+                    elif op == OP_SLOT_INFO:
+                        i = _length(data, _length(data, _length(data, i)[1])[1])[1]
+                    else:
+                        raise Unsupported("the file holds %s" % ("module data" if op == OP_MODULE_AUX else "opcode %d" % op))
+                    continue
+                key, j = _string(data, i)
+                end = _skip_value(op, data, j)
+                if end > size:
+                    raise IndexError
+                yield Record(db, key, expire, op, j, end)
+                i, expire = end, 0
+        except (IndexError, ValueError):
+            raise OpsError("%s is truncated or damaged: its RDB structure ends at byte %d of %d" % (self.what, i, size))
+
+
+def _length(data, i):
+    first = data[i]
+    kind = first >> 6
+    if kind == 0:
+        return first, i + 1
+    if kind == 1:
+        return ((first & 0x3F) << 8) | data[i + 1], i + 2
+    if first == 0x80:
+        return int.from_bytes(data[i + 1:i + 5], "big"), i + 5
+    if first == 0x81:
+        return int.from_bytes(data[i + 1:i + 9], "big"), i + 9
+    raise ValueError("bad length byte %d" % first)
+
+
+def _skip(data, i):
+    """The offset after the string at ``i``."""
+    first = data[i]
+    if first < 0x40:
+        return i + 1 + first
+    if first < 0x80:
+        return i + 2 + (((first & 0x3F) << 8) | data[i + 1])
+    if first == 0xC0:
+        return i + 2
+    if first == 0xC1:
+        return i + 3
+    if first == 0xC2:
+        return i + 5
+    if first == 0xC3:  # LZF: compressed length, plain length, data
+        compressed, i = _length(data, i + 1)
+        return _length(data, i)[1] + compressed
+    size, i = _length(data, i)
+    return i + size
+
+
+def _string(data, i):
+    """The string at ``i`` as bytes (integers as Redis prints them, LZF expanded) and the offset after it."""
+    first = data[i]
+    if first < 0x40:
+        return bytes(data[i + 1:i + 1 + first]), i + 1 + first
+    if first == 0xC0:
+        return b"%d" % struct.unpack_from("<b", data, i + 1)[0], i + 2
+    if first == 0xC1:
+        return b"%d" % struct.unpack_from("<h", data, i + 1)[0], i + 3
+    if first == 0xC2:
+        return b"%d" % struct.unpack_from("<i", data, i + 1)[0], i + 5
+    if first == 0xC3:
+        compressed, j = _length(data, i + 1)
+        plain, j = _length(data, j)
+        return lzf_decompress(bytes(data[j:j + compressed]), plain), j + compressed
+    size, j = _length(data, i)
+    if j + size > len(data):
+        raise IndexError
+    return bytes(data[j:j + size]), j + size
+
+
+def _skip_value(kind, data, i):
+    if kind in ONE_STRING:
+        return _skip(data, i)
+    if kind in STRINGS:
+        count, i = _length(data, i)
+        for _item in range(count):
+            i = _skip(data, i)
+        return i
+    if kind == 4:
+        count, i = _length(data, i)
+        for _item in range(2 * count):
+            i = _skip(data, i)
+        return i
+    if kind == 18:
+        count, i = _length(data, i)
+        for _item in range(count):
+            i = _skip(data, _length(data, i)[1])
+        return i
+    if kind == 5:
+        count, i = _length(data, i)
+        for _item in range(count):
+            i = _skip(data, i) + 8
+        return i
+    if kind == 3:
+        count, i = _length(data, i)
+        for _item in range(count):
+            i = _skip(data, i)
+            i += 1 + (data[i] if data[i] < 253 else 0)  # a score as text; 253-255 are nan, inf, -inf
+        return i
+    if kind in STREAMS:
+        return _skip_stream(kind, data, i)
+    raise Unsupported("the file holds a key of RDB type %d (%s)" % (kind, "a module type" if kind in (6, 7) else "unknown"))
+
+
+def _skip_lengths(data, i, count):
+    for _item in range(count):
+        i = _length(data, i)[1]
+    return i
+
+
+def _skip_stream(kind, data, i):
+    nodes, i = _length(data, i)
+    for _item in range(nodes):
+        i = _skip(data, _skip(data, i))  # node key, listpack
+    i = _skip_lengths(data, i, 3 if kind == 15 else 8)  # length, last id (, first id, max deleted id, entries added)
+    groups, i = _length(data, i)
+    for _item in range(groups):
+        i = _skip_lengths(data, _skip(data, i), 2 if kind == 15 else 3)  # name, last id (, entries read)
+        pending, i = _length(data, i)
+        for _item in range(pending):
+            i = _length(data, i + 16 + 8)[1]  # id, delivery time, delivery count
+        consumers, i = _length(data, i)
+        for _item in range(consumers):
+            i = _skip(data, i) + (16 if kind == 21 else 8)  # name, seen time (, active time)
+            owned, i = _length(data, i)
+            i += 16 * owned
+    return i
+
+
+def lzf_decompress(data, size):
+    """LZF as Redis writes it (for key names only: values are passed through as they are)."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        ctrl = data[i]
+        i += 1
+        if ctrl < 32:
+            out += data[i:i + ctrl + 1]
+            i += ctrl + 1
+        else:
+            length = ctrl >> 5
+            if length == 7:
+                length += data[i]
+                i += 1
+            ref = len(out) - ((ctrl & 0x1F) << 8) - data[i] - 1
+            i += 1
+            if ref < 0:
+                raise ValueError("bad LZF back reference")
+            for _item in range(length + 2):
+                out.append(out[ref])
+                ref += 1
+    if len(out) != size:
+        raise ValueError("LZF length mismatch")
+    return bytes(out)
+
+
+def counts_match(path, expected, found, now_ms):
+    """True when the keys per db a server ``found`` after loading the RDB at ``path`` are the ``expected`` ones
+    (the manifest's), but for keys that expired since the backup: a load skips those, as it should."""
+    expected = {db: count for db, count in expected.items() if count}
+    if found == expected:
+        return True
+    expired = {}
+    try:
+        with open(path, "rb") as handle:
+            for record in RdbFile(handle.read(), path).records():
+                if record.expire_ms and record.expire_ms <= now_ms:
+                    expired[record.db] = expired.get(record.db, 0) + 1
+    except (Unsupported, OpsError, OSError):
+        return False
+    return all(expected.get(db, 0) - expired.get(db, 0) <= found.get(db, 0) <= expected.get(db, 0)
+               for db in set(expected) | set(found))

@@ -1,0 +1,83 @@
+"""The RDB reader on hand-made files: lengths, encodings, LZF, damage and what it leaves to Redis."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ansible_collections.runbook.ops.plugins.module_utils import _redis_rdb as rdb
+from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
+
+
+def string(data):
+    return bytes([len(data)]) + data
+
+
+def rdb_file(*body, version=10, crc=None):
+    data = b"REDIS%04d" % version + b"".join(body) + b"\xff"
+    return data + (crc(data).to_bytes(8, "little") if crc else b"\0" * 8)
+
+
+def test_lengths_of_every_width():
+    assert rdb._length(b"\x05", 0) == (5, 1)
+    assert rdb._length(b"\x41\x02", 0) == (0x102, 2)
+    assert rdb._length(b"\x80" + struct.pack(">I", 70000), 0) == (70000, 5)
+    assert rdb._length(b"\x81" + struct.pack(">Q", 2 ** 40), 0) == (2 ** 40, 9)
+    with pytest.raises(ValueError):
+        rdb._length(b"\x82", 0)
+
+
+def test_integer_and_lzf_key_names():
+    assert rdb._string(b"\xc0\xf9", 0) == (b"-7", 2)
+    assert rdb._string(b"\xc1" + struct.pack("<h", 12345), 0) == (b"12345", 3)
+    assert rdb._string(b"\xc2" + struct.pack("<i", -70000), 0) == (b"-70000", 5)
+    # "abcabcabcabc": 3 literal bytes, then a back reference of 9 bytes, 3 back
+    lzf = bytes([2]) + b"abc" + bytes([(7 << 5), 9 - 2 - 7, 2])
+    assert rdb.lzf_decompress(lzf, 12) == b"abcabcabcabc"
+    encoded = b"\xc3" + bytes([len(lzf), 12]) + lzf
+    assert rdb._string(encoded, 0) == (b"abcabcabcabc", len(encoded))
+    with pytest.raises(ValueError):
+        rdb.lzf_decompress(bytes([(1 << 5), 5]), 3)  # refers before the start
+
+
+def test_records_carry_db_expiry_and_the_value_bytes():
+    data = rdb_file(b"\xfa" + string(b"redis-ver") + string(b"7.0.15"), b"\xfe\x03", b"\xfb\x02\x01",
+                    b"\xfc" + struct.pack("<Q", 1700000000000) + b"\x00" + string(b"k1") + string(b"v1"),
+                    b"\x02" + string(b"s") + b"\x02" + string(b"a") + string(b"b"))
+    file = rdb.RdbFile(data)
+    records = list(file.records())
+    assert [(r.db, r.key, r.expire_ms, r.kind) for r in records] == [(3, b"k1", 1700000000000, 0), (3, b"s", 0, 2)]
+    assert data[records[1].start:records[1].end] == b"\x02" + string(b"a") + string(b"b")
+
+
+def test_a_zero_checksum_is_not_checked_and_a_wrong_one_is_refused():
+    crc = rdb.crc64()
+    assert crc is not None, "anycrc is in requirements.txt"
+    body = b"\x00" + string(b"k") + string(b"v")
+    assert rdb.RdbFile(rdb_file(body)).check(crc)[0] == {0: 1}
+    good = rdb_file(body, crc=crc)
+    assert rdb.RdbFile(good).check(crc)[0] == {0: 1}
+    bad = good[:-1] + bytes([good[-1] ^ 1])
+    with pytest.raises(OpsError, match="RDB checksum does not match"):
+        rdb.RdbFile(bad).check(crc)
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"\x07" + string(b"k") + b"\x00", "module type"),
+    (b"\xf7\x01\x02", "module data"),
+    (b"\x40" + string(b"k"), "unknown"),
+])
+def test_what_only_redis_can_read_is_left_to_it(body, words):
+    with pytest.raises(rdb.Unsupported, match=words):
+        list(rdb.RdbFile(rdb_file(body)).records())
+
+
+def test_a_file_cut_short_or_not_an_rdb():
+    data = rdb_file(b"\x00" + string(b"key") + string(b"value" * 10))
+    with pytest.raises(OpsError, match="truncated or damaged"):
+        list(rdb.RdbFile(data[:20]).records())
+    with pytest.raises(OpsError, match="not a Redis RDB"):
+        rdb.RdbFile(b"hello world")
+    with pytest.raises(rdb.Unsupported, match="newer"):
+        rdb.RdbFile(b"REDIS0099\xff")
