@@ -182,12 +182,16 @@ def run(base, started):
          "method": "replication"}))
     artifact = made["backup"]["path"]
 
-    live_target = RedisServer(base / "live", password=PASSWORD).start()
-    started.append(live_target)
-    times["live"], live = playbook(base, "live", "runbook.ops.redis_restore: %s" % json.dumps(
-        {"login_port": live_target.port, "login_password": PASSWORD, "src": artifact, "safety_backup": False}))
-    assert live_target.client().dbsize() == KEYS, live_target.client().dbsize()
-    live_target.stop()
+    live = {}
+    for transport in ("auto", "migrate"):  # auto streams the RDB; migrate goes through scratch servers
+        live_target = RedisServer(base / ("live-" + transport), password=PASSWORD).start()
+        started.append(live_target)
+        times["live-" + transport], result = playbook(base, "live-" + transport, "runbook.ops.redis_restore: %s" % json.dumps(
+            {"login_port": live_target.port, "login_password": PASSWORD, "src": artifact, "safety_backup": False,
+             "transport": transport}))
+        live[transport] = result["restore"]
+        assert live_target.client().dbsize() == KEYS, live_target.client().dbsize()
+        live_target.stop()
 
     file_dir = base / "file"
     file_dir.mkdir()
@@ -207,13 +211,13 @@ def run(base, started):
         assert redis.Redis(port=port, password=PASSWORD).dbsize() == KEYS
     finally:
         subprocess.run(stop, check=False)
-    report(times, live["restore"], filed["restore"], memory)
+    report(times, live, filed["restore"], memory)
 
 
 def report(times, live, filed, memory):
     empty = times["empty"]
     floor_rate = KEYS / times["pipe"]
-    live_task = times["live"] - empty
+    live_task = times["live-auto"] - empty
     file_task = times["file"] - empty
     print("\nredis_restore benchmark: %d keys, %.0f MiB in memory (ansible runs also minus an empty playbook of %.2f s;"
           " load %s)" % (KEYS, memory / 2 ** 20, empty, " ".join(open("/proc/loadavg").read().split()[:3])))
@@ -221,11 +225,16 @@ def report(times, live, filed, memory):
     print("  redis-cli --pipe RESTORE (floor)    %7.2f s  %8.0f keys/s" % (times["pipe"], floor_rate))
     print("  redis-py DUMP read / RESTORE write  %7.2f / %.2f s  %8.0f / %.0f keys/s" % (
         times["py_read"], times["py_write"], KEYS / times["py_read"], KEYS / times["py_write"]))
-    print("  redis_restore live                  %7.2f s  (task %.2f s, %.0f keys/s; module %.2f s: read+decode %.2f s,"
-          " scratch loads %.2f s, key scan %.2f s, copy %.2f s, %.0f keys/s)" % (
-              times["live"], live_task, KEYS / live_task, live["duration"], live["read_duration"],
-              live.get("scratch_load_duration", 0),
-              live.get("scan_duration", 0), live["load_duration"], live["restored"] / live["load_duration"]))
+    for transport, label in (("auto", "live (stream)"), ("migrate", "live, transport migrate")):
+        phases = live[transport]
+        task = times["live-" + transport] - empty
+        print("  redis_restore %-22s%7.2f s  (task %.2f s, %.0f keys/s; module %.2f s: read+decode %.2f s, %s"
+              "copy %.2f s, %.0f keys/s)" % (
+                  label, times["live-" + transport], task, KEYS / task, phases["duration"], phases["read_duration"],
+                  "RDB check %.2f s, " % phases["scan_duration"] if phases.get("transport") == "stream" else
+                  "scratch loads %.2f s, key scan %.2f s, " % (phases.get("scratch_load_duration", 0), phases.get("scan_duration", 0)),
+                  phases["load_duration"], phases["restored"] / phases["load_duration"]))
+    live = live["auto"]
     print("  redis_restore file                  %7.2f s  (task %.2f s; module %.2f s: read+decode %.2f s, swap + restart + "
           "load %.2f s)" % (times["file"], file_task, filed["duration"], filed["read_duration"], filed["load_duration"]))
     print("\nratios (the whole task as the operator waits for it):")
