@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.runbook.ops.plugins.module_utils import _container
 from ansible_collections.runbook.ops.plugins.module_utils import _redis as rd
+from ansible_collections.runbook.ops.plugins.module_utils import _redis_rdb as rdb_reader
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
 SAMPLE = 200
@@ -191,7 +192,8 @@ class Streamer:
     and no scratch server loads the data first. Replies are counted as they come, so a failure half way reports
     exactly what was written."""
 
-    WINDOW = 2000  # commands a write carries
+    WINDOW = 2000  # commands a write carries at most
+    WINDOW_BYTES = 4 << 20  # and bytes: a write must go out within the socket timeout
     IN_FLIGHT = 2  # windows sent and not yet answered
 
     def __init__(self, target, replace, crc):
@@ -207,15 +209,20 @@ class Streamer:
         SAMPLE (key, expire, payload) a db for the check afterwards."""
         redis = rd.library()
         pool = self.target.connection_pool
-        conn = pool.get_connection()
         try:
-            conn.connect()
+            conn = pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            conn = pool.get_connection("RESTORE")
+        try:
             self.sock = conn._sock  # redis-py has no raw write/read pair; its connection is set up (TLS, AUTH)
             self._run(rdb, plan, per_db, sample, now_ms)
         except (OSError, redis.RedisError) as exc:
             seen = redis.TimeoutError(str(exc)) if isinstance(exc, TimeoutError) else exc  # the raw socket's timeout
-            raise OpsError("streaming keys to the target failed: %s" % rd.explain(seen, self.target.runbook_params),
-                           exception=exc)
+            unconfirmed = sum(size for size, _counts, _restores in self.pending)
+            raise OpsError("streaming keys to the target failed: %s%s" % (
+                rd.explain(seen, self.target.runbook_params),
+                " (%d more commands were sent and not confirmed: the target may hold some of them)" % unconfirmed
+                if unconfirmed else ""), exception=exc)
         finally:
             conn.disconnect()  # it may have another db selected
             pool.release(conn)
@@ -223,27 +230,29 @@ class Streamer:
     def _run(self, rdb, plan, per_db, sample, now_ms):
         flags = b"ABSTTL\r\n$7\r\nREPLACE\r\n" if self.replace else b"ABSTTL\r\n"
         header = b"*%d\r\n$7\r\nRESTORE\r\n$" % (6 if self.replace else 5)
-        commands, counts, restores, db = [], {}, [], None
-        for record in rdb.records():
-            if record.expire_ms and record.expire_ms <= now_ms:
-                per_db[str(record.db)]["expired"] += 1
+        commands, counts, restores, db, size = [], {}, [], None, 0
+        payload_of = rdb.payload
+        for src_db, key, expire_ms, kind, start, end in rdb.records():
+            if expire_ms != rdb_reader.NO_EXPIRY and expire_ms <= now_ms:
+                per_db[str(src_db)]["expired"] += 1
                 continue
-            if record.db != db:
-                db = record.db
+            if src_db != db:
+                db = src_db
                 dst = b"%d" % plan[db]
                 commands.append(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(dst), dst))
-            payload = rdb.payload(record, self.crc)
-            ttl = b"%d" % record.expire_ms
+                kept = sample.setdefault(db, [])
+            payload = payload_of(kind, start, end, self.crc)
+            ttl = b"%d" % max(expire_ms, 0)  # 0: no expiry
             commands.append(b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$6\r\n%s" % (
-                header, len(record.key), record.key, len(ttl), ttl, len(payload), payload, flags))
+                header, len(key), key, len(ttl), ttl, len(payload), payload, flags))
+            size += len(payload)
             restores.append((len(commands) - 1, db))
             counts[db] = counts.get(db, 0) + 1
-            kept = sample.setdefault(db, [])
             if len(kept) < SAMPLE:
-                kept.append((record.key, record.expire_ms, payload))
-            if len(commands) >= self.WINDOW:
+                kept.append((key, expire_ms, payload))
+            if len(commands) >= self.WINDOW or size >= self.WINDOW_BYTES:
                 self.send(commands, counts, restores, per_db)
-                commands, counts, restores = [], {}, []
+                commands, counts, restores, size = [], {}, [], 0
         if commands:
             self.send(commands, counts, restores, per_db)
         while self.pending:
@@ -257,7 +266,7 @@ class Streamer:
 
     def settle(self, per_db):
         """Read the replies of the oldest window: each is one line, +OK or -ERROR."""
-        size, counts, restores = self.pending.pop(0)
+        size, counts, restores = self.pending[0]
         while self.buffer.count(b"\r\n") < size:
             data = self.sock.recv(1 << 20)
             if not data:
@@ -265,6 +274,7 @@ class Streamer:
             self.buffer += data
         parts = self.buffer.split(b"\r\n", size)
         self.buffer = parts[size]
+        self.pending.pop(0)
         failed = [index for index, line in enumerate(parts[:size]) if line[:1] != b"+"]
         lost = {}
         where = dict(restores) if failed else {}
@@ -279,20 +289,45 @@ class Streamer:
             per_db[str(db)]["failed"] += lost.get(db, 0)
 
 
-def compare_sent(sample, target, plan, scratch_dir, timeout):
-    """compare_sample for a streamed restore: the sampled payloads are restored into an empty private server (no
-    load: it starts at once) and compared with the target there, so values whose DUMP depends on internal order
-    are compared by content as before."""
-    scratch = rd.ScratchServer(scratch_dir, "sample", rdb_name="sample-starts-empty.rdb")
-    scratch.launch()
-    try:
-        loaded = scratch.wait(timeout)
-        for db, entries in sample.items():
-            pipe = rd.for_db(loaded, db).pipeline(transaction=False)
-            for key, expire_ms, payload in entries:
-                pipe.restore(key, expire_ms, payload, absttl=True)
-            pipe.execute(raise_on_error=False)
+class SampleCheck:
+    """compare_sample for a streamed restore: the sampled payloads are restored into an empty private server and
+    compared with the target there, so values whose DUMP depends on internal order are compared by content. The
+    server starts before the first write (no load: at once), so a host that cannot run it fails nothing half way."""
+
+    def __init__(self, scratch_dir, timeout, file_version):
+        self.server = rd.ScratchServer(scratch_dir, "sample", rdb_name="sample-starts-empty.rdb")
+        self.server.launch()
+        try:
+            self.conn = self.server.wait(timeout)
+            version = self.conn.info("server").get("redis_version", "")
+        except BaseException:
+            self.server.stop()
+            raise
+        if rdb_reader.version_of_server(version) < file_version:
+            self.server.stop()
+            raise OpsError("the redis-server on this host (%s) is older than the backup's RDB version %d and cannot "
+                           "check the restored keys: install a newer redis-server here; nothing was changed"
+                           % (version, file_version))
+
+    def compare(self, sample, target, plan):
+        """Target and sample server compared key by key, the expiries shifted by the two clocks' difference."""
+        redis = rd.library()
+        try:
+            skew_ms = _clock_ms(target) - _clock_ms(self.conn)
+            for db, entries in sample.items():
+                pipe = rd.for_db(self.conn, db).pipeline(transaction=False)
+                for key, expire_ms, payload in entries:
+                    pipe.restore(key, expire_ms - skew_ms if expire_ms > 0 else 0, payload, absttl=True)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise OpsError("the private server could not take the sampled keys to compare them: %s" % exc, exception=exc)
         batches = {db: [[key for key, _expire, _payload in entries]] for db, entries in sample.items()}
-        return compare_sample(loaded, target, [(db, plan[db]) for db in sorted(sample)], batches, False)
-    finally:
-        scratch.stop()
+        return compare_sample(self.conn, target, [(db, plan[db]) for db in sorted(sample)], batches, False)
+
+    def stop(self):
+        self.server.stop()
+
+
+def _clock_ms(conn):
+    seconds, micros = conn.time()
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -12,6 +12,7 @@ this reader does not know (module types, module aux data, pre-GA function record
 
 from __future__ import annotations
 
+import mmap
 import struct
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
@@ -26,7 +27,29 @@ STREAMS = frozenset((15, 19, 21))
 NAMES = {0: "string", 1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 9: "hash", 10: "list", 11: "set",
          12: "zset", 13: "hash", 14: "list", 15: "stream", 16: "hash", 17: "zset", 18: "list", 19: "stream",
          20: "set", 21: "stream"}
+NO_EXPIRY = -1
+TYPE_BYTES = [bytes((kind,)) for kind in range(256)]
 MAX_VERSION = 12  # Redis 7.4; a newer file may hold types this reader does not know
+
+
+def expired_by(expire_ms, now_ms):
+    return expire_ms != NO_EXPIRY and expire_ms <= now_ms
+
+
+def version_of_server(redis_version):
+    """The newest RDB version a server of INFO's ``redis_version`` reads (DUMP payloads included); 0 below 5.0,
+    where RESTORE has no ABSTTL."""
+    try:
+        major, minor = (int(part) for part in redis_version.split(".")[:2])
+    except ValueError:
+        return 0
+    if major >= 8 or (major, minor) >= (7, 4):
+        return 12
+    if (major, minor) >= (7, 2):
+        return 11
+    if major == 7:
+        return 10
+    return 9 if major >= 5 else 0
 
 
 class Unsupported(Exception):
@@ -42,13 +65,6 @@ def crc64():
     return anycrc.Model("CRC64-REDIS").calc
 
 
-class Record:
-    __slots__ = ("db", "key", "expire_ms", "kind", "start", "end")
-
-    def __init__(self, db, key, expire_ms, kind, start, end):
-        self.db, self.key, self.expire_ms, self.kind, self.start, self.end = db, key, expire_ms, kind, start, end
-
-
 class RdbFile:
     """An RDB held in memory (bytes or mmap): ``check()`` walks it once, ``records()`` yields its keys."""
 
@@ -61,30 +77,34 @@ class RdbFile:
         if self.version > MAX_VERSION:
             raise Unsupported("RDB version %d is newer than this reader knows (%d)" % (self.version, MAX_VERSION))
         self.footer = struct.pack("<H", self.version)
+        self.functions = 0  # function libraries seen (and not restored)
+        self.checksummed = False  # whether check() compared the file's own CRC64
 
-    def payload(self, record, crc):
-        body = bytes((record.kind,)) + self.data[record.start:record.end] + self.footer
+    def payload(self, kind, start, end, crc):
+        """The DUMP payload of the value at data[start:end]."""
+        body = TYPE_BYTES[kind] + self.data[start:end] + self.footer
         return body + crc(body).to_bytes(8, "little")
 
     def check(self, crc):
         """Walk the whole file: keys per db (as its manifest counts them, expired or not), the kinds seen, and
         the file's own CRC64. OpsError on damage, Unsupported on what only Redis can read."""
         counts, kinds = {}, set()
-        for record in self.records():
-            kinds.add(record.kind)
-            counts[record.db] = counts.get(record.db, 0) + 1
+        for db, _key, _expire, kind, _start, _end in self.records():
+            kinds.add(kind)
+            counts[db] = counts.get(db, 0) + 1
         if self.version >= 5:
             stored = bytes(self.data[self.end:self.end + 8])
             if len(stored) != 8:
                 raise OpsError("%s is truncated: its RDB checksum is missing" % self.what)
-            if stored != b"\0" * 8 and crc(memoryview(self.data)[:self.end]).to_bytes(8, "little") != stored:
+            self.checksummed = stored != b"\0" * 8  # zero: saved with rdbchecksum no
+            if self.checksummed and crc(memoryview(self.data)[:self.end]).to_bytes(8, "little") != stored:
                 raise OpsError("%s is damaged: its RDB checksum does not match its content" % self.what)
         return counts, kinds
 
     def records(self):
         data = self.data
         size = len(data)
-        i, db, expire = 9, 0, 0
+        i, db, expire = 9, 0, NO_EXPIRY
         try:
             while True:
                 op = data[i]
@@ -96,10 +116,10 @@ class RdbFile:
                     if op == OP_SELECTDB:
                         db, i = _length(data, i)
                     elif op == OP_EXPIRETIME_MS:
-                        expire = int.from_bytes(data[i:i + 8], "little")
+                        expire = int.from_bytes(data[i:i + 8], "little", signed=True)
                         i += 8
                     elif op == OP_EXPIRETIME:
-                        expire = int.from_bytes(data[i:i + 4], "little") * 1000
+                        expire = int.from_bytes(data[i:i + 4], "little", signed=True) * 1000
                         i += 4
                     elif op == OP_RESIZEDB:
                         i = _length(data, _length(data, i)[1])[1]
@@ -111,17 +131,27 @@ class RdbFile:
                         i = _length(data, i)[1]
                     elif op == OP_FUNCTION2:
                         i = _skip(data, i)  # a function library: a live restore copies keys, not functions
+                        self.functions += 1
                     elif op == OP_SLOT_INFO:
                         i = _length(data, _length(data, _length(data, i)[1])[1])[1]
                     else:
                         raise Unsupported("the file holds %s" % ("module data" if op == OP_MODULE_AUX else "opcode %d" % op))
                     continue
-                key, j = _string(data, i)
-                end = _skip_value(op, data, j)
+                first = data[i]  # the key: a short plain string is by far the most common
+                if first < 0x40:
+                    j = i + 1 + first
+                    key = data[i + 1:j]
+                else:
+                    key, j = _string(data, i)
+                if op in ONE_STRING:  # the value: one string, often short and plain
+                    first = data[j]
+                    end = j + 1 + first if first < 0x40 else _skip(data, j)
+                else:
+                    end = _skip_value(op, data, j)
                 if end > size:
                     raise IndexError
-                yield Record(db, key, expire, op, j, end)
-                i, expire = end, 0
+                yield db, key, expire, op, j, end
+                i, expire = end, NO_EXPIRY
         except (IndexError, ValueError):
             raise OpsError("%s is truncated or damaged: its RDB structure ends at byte %d of %d" % (self.what, i, size))
 
@@ -276,10 +306,11 @@ def counts_match(path, expected, found, now_ms):
     expired = {}
     try:
         with open(path, "rb") as handle:
-            for record in RdbFile(handle.read(), path).records():
-                if record.expire_ms and record.expire_ms <= now_ms:
-                    expired[record.db] = expired.get(record.db, 0) + 1
-    except (Unsupported, OpsError, OSError):
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                for db, _key, expire_ms, _kind, _start, _end in RdbFile(data, path).records():
+                    if expired_by(expire_ms, now_ms):
+                        expired[db] = expired.get(db, 0) + 1
+    except (Unsupported, OpsError, OSError, ValueError):
         return False
     return all(expected.get(db, 0) - expired.get(db, 0) <= found.get(db, 0) <= expected.get(db, 0)
                for db in set(expected) | set(found))

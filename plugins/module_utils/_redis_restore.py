@@ -11,6 +11,7 @@ write reports ``changed: true`` and the safety backup that holds the previous da
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 
@@ -352,51 +353,67 @@ class RedisRestore:
         """Mode live without a scratch server: the file is checked whole (structure, RDB checksum, key counts
         against the manifest), then streamed as RESTORE commands. None when this restore needs the scratch
         servers instead (the reason is reported as stream_fallback)."""
-        params = self.params
         self.crc = rdb_reader.crc64()
         reason = self.stream_refused()
-        clock = time.monotonic()
         if reason is None:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            try:
-                rdb = rdb_reader.RdbFile(data, source.location)
-                counts, _kinds = rdb.check(self.crc)
-            except rdb_reader.Unsupported as exc:
-                reason = str(exc)
-        if reason is not None:
-            if params["transport"] == "stream":
-                raise OpsError("transport stream cannot restore this backup: %s. Use transport auto; nothing was "
-                               "changed" % reason)
-            self.report.update(stream_fallback=reason)
-            return None
+            with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                try:
+                    return self.stream_checked(rdb_reader.RdbFile(data, source.location), source, target, expected,
+                                               scratch_dir)
+                except rdb_reader.Unsupported as exc:
+                    reason = str(exc)
+        if self.params["transport"] == "stream":
+            raise OpsError("transport stream cannot restore this backup: %s. Use transport auto; nothing was "
+                           "changed" % reason)
+        self.report.update(stream_fallback=reason)
+        return None
+
+    def stream_checked(self, rdb, source, target, expected, scratch_dir):
+        """Every check before the first write; Unsupported (nothing written) where the scratch servers must do it."""
+        params = self.params
+        clock = time.monotonic()
+        counts, _kinds = rdb.check(self.crc)
         self.report.update(scan_duration=round(time.monotonic() - clock, 3))
+        if not rdb.checksummed and not source.checksum_origin:
+            raise rdb_reader.Unsupported("the RDB carries no checksum of its own (rdbchecksum no, or RDB version %d) and "
+                                         "the backup has no manifest or sidecar checksum" % rdb.version)
+        target_version = target.info("server").get("redis_version", "")
+        if rdb_reader.version_of_server(target_version) < rdb.version:
+            raise rdb_reader.Unsupported("the target runs Redis %s, which cannot RESTORE payloads of RDB version %d "
+                                         "(or has no RESTORE ABSTTL)" % (target_version, rdb.version))
         self.report.keys("backup_keys", {db: count for db, count in counts.items() if count})
         if expected is not None and {db: c for db, c in expected.items() if c} != {db: c for db, c in counts.items() if c}:
             raise OpsError("the backup holds keys per db %s but its manifest says %s; refusing to restore it"
                            % (self.report.data["backup_keys"], {str(k): v for k, v in expected.items()}))
+        if rdb.functions:
+            self.report.update(functions_skipped=rdb.functions)
         plan, before, touched, _present = self.live_plan(sorted(counts), target)  # keys in the way: flush or replace
+        for dst in touched:
+            rd.for_db(target, dst)  # SELECT works (a cluster-mode server refuses db > 0)
         needed = (source.manifest or {}).get("used_memory") or self.report.data["rdb_size"]
         self.check_memory(target, needed, self.freed_by_flush(target, before, touched))
-        clock = time.monotonic()
-        if not self.begin_writes(before, touched):
-            return self.report.result(True, self.live_diff())
-        per_db = {str(src): {"target_db": dst, "restored": 0, "skipped": 0, "failed": 0, "expired": 0,
-                             "transport": "stream"} for src, dst in plan}
-        self.report.update(per_db=per_db)
-        sample, now_ms = {}, int(time.time() * 1000)  # keys expired by now are counted, not sent (as a load skips them)
-        streamer = live.Streamer(target, self.policy == "replace" or params["flush_first"], self.crc)
+        checker = live.SampleCheck(scratch_dir, params["load_timeout"], rdb.version)
         try:
-            streamer.run(rdb, dict(plan), per_db, sample, now_ms)
-        except OpsError as exc:
-            raise self.stopped_half_way(exc, per_db)
+            clock = time.monotonic()
+            if not self.begin_writes(before, touched):
+                return self.report.result(True, self.live_diff())
+            per_db = {str(src): {"target_db": dst, "restored": 0, "skipped": 0, "failed": 0, "expired": 0,
+                                 "transport": "stream"} for src, dst in plan}
+            self.report.update(per_db=per_db)
+            sample, now_ms = {}, int(time.time() * 1000)  # keys expired by now are counted, not sent (a load skips them)
+            streamer = live.Streamer(target, self.policy == "replace" or params["flush_first"], self.crc)
+            try:
+                streamer.run(rdb, dict(plan), per_db, sample, now_ms)
+            except OpsError as exc:
+                raise self.stopped_half_way(exc, per_db)
+            finally:
+                self.wrote = self.wrote or any(d["restored"] for d in per_db.values())
+            self.report.update(load_duration=round(time.monotonic() - clock, 3), transport="stream",
+                               errors=streamer.errors)
+            restored = sum(d["restored"] for d in per_db.values())
+            return self.finish_live(restored, per_db, checker.compare(sample, target, dict(plan)))
         finally:
-            self.wrote = self.wrote or any(d["restored"] for d in per_db.values())
-        self.report.update(load_duration=round(time.monotonic() - clock, 3), transport="stream",
-                           errors=streamer.errors)
-        restored = sum(d["restored"] for d in per_db.values())
-        checked = live.compare_sent(sample, target, dict(plan), scratch_dir, self.params["load_timeout"])
-        return self.finish_live(restored, per_db, checked)
+            checker.stop()
 
     def restore_live(self, scratches, target):
         params = self.params

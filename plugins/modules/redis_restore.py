@@ -17,7 +17,8 @@ description:
     no intermediate server; a sample of keys is then compared by value and TTL. This needs the Python package
     C(anycrc) on the host.
   - Where streaming does not apply (O(key_pattern), O(existing_keys=skip), O(force), module types or data this
-    reader does not know, no C(anycrc)) the RDB is loaded by private C(redis-server)s on free loopback ports (so Redis
+    reader does not know, an RDB with no checksum of its own and no manifest, a target older than the file's RDB
+    version, no C(anycrc)) the RDB is loaded by private C(redis-server)s on free loopback ports (so Redis
     itself parses it, whatever its version), its key counts are checked against the manifest, and keys are copied in
     batches by C(MIGRATE ... COPY KEYS) from those servers (through this host with C(DUMP)/C(RESTORE) when MIGRATE
     cannot reach the target, for example over TLS), keeping TTLs. The result's C(stream_fallback) says why.
@@ -276,6 +277,9 @@ restore:
     stream_fallback:
       description: In live mode, why the RDB was not streamed and scratch servers loaded it instead.
       type: str
+    functions_skipped:
+      description: When streaming, function libraries the RDB holds; a live restore copies keys, not functions.
+      type: int
     errors:
       description: When streaming, the first few errors the target returned for keys it refused.
       type: list

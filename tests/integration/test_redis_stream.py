@@ -101,3 +101,18 @@ def test_an_rdb_damaged_inside_or_cut_short_is_refused_before_the_target_is_touc
         result = run.task(RESTORE)["result"]
         assert any(words in result["msg"] for words in expected) and result["changed"] is False, (name, result["msg"])
     assert target.client().dbsize() == 1 and target.client().get("keep") == b"me"
+
+
+def test_an_rdb_without_any_checksum_goes_through_a_scratch_server_and_says_why(ansible, servers, tmp_path):
+    source = servers("src", password="pw", extra_config={"rdbchecksum": "no"})
+    seed(source)
+    raw = raw_rdb(source, tmp_path / "unchecked.rdb")
+    assert raw.read_bytes()[-8:] == b"\0" * 8
+    target = servers("tgt", password="pw2")
+    run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=str(raw))))
+    assert run.rc == 0, run
+    restore = run.task(RESTORE)["result"]["restore"]
+    assert "no checksum of its own" in restore["stream_fallback"] and restore["restored"] == 921
+    refused = ansible.play(task(RESTORE, "redis_restore", dict(connection(servers("other")), src=str(raw),
+                                                               transport="stream")))
+    assert refused.rc != 0 and "no checksum of its own" in refused.task(RESTORE)["result"]["msg"]

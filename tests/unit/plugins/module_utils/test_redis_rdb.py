@@ -47,8 +47,8 @@ def test_records_carry_db_expiry_and_the_value_bytes():
                     b"\x02" + string(b"s") + b"\x02" + string(b"a") + string(b"b"))
     file = rdb.RdbFile(data)
     records = list(file.records())
-    assert [(r.db, r.key, r.expire_ms, r.kind) for r in records] == [(3, b"k1", 1700000000000, 0), (3, b"s", 0, 2)]
-    assert data[records[1].start:records[1].end] == b"\x02" + string(b"a") + string(b"b")
+    assert [r[:4] for r in records] == [(3, b"k1", 1700000000000, 0), (3, b"s", rdb.NO_EXPIRY, 2)]
+    assert data[records[1][4]:records[1][5]] == b"\x02" + string(b"a") + string(b"b")
 
 
 def test_a_zero_checksum_is_not_checked_and_a_wrong_one_is_refused():
@@ -81,3 +81,18 @@ def test_a_file_cut_short_or_not_an_rdb():
         rdb.RdbFile(b"hello world")
     with pytest.raises(rdb.Unsupported, match="newer"):
         rdb.RdbFile(b"REDIS0099\xff")
+
+
+def test_expiry_at_epoch_zero_or_before_is_expired_and_none_is_not():
+    data = rdb_file(b"\xfc" + struct.pack("<q", -5) + b"\x00" + string(b"old") + string(b"v"),
+                    b"\xfc" + struct.pack("<q", 0) + b"\x00" + string(b"zero") + string(b"v"),
+                    b"\x00" + string(b"none") + string(b"v"))
+    expiries = [r[2] for r in rdb.RdbFile(data).records()]
+    assert expiries == [-5, 0, rdb.NO_EXPIRY]
+    assert [rdb.expired_by(e, 1000) for e in expiries] == [True, True, False]
+
+
+@pytest.mark.parametrize("version, readable", [("7.0.15", 10), ("7.2.4", 11), ("7.4.1", 12), ("8.0.0", 12),
+                                               ("6.2.14", 9), ("5.0.7", 9), ("4.0.14", 0), ("garbage", 0)])
+def test_the_rdb_version_a_server_reads(version, readable):
+    assert rdb.version_of_server(version) == readable
