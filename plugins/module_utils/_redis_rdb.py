@@ -86,11 +86,10 @@ class RdbFile:
         return body + crc(body).to_bytes(8, "little")
 
     def check(self, crc):
-        """Walk the whole file: keys per db (as its manifest counts them, expired or not), the kinds seen, and
-        the file's own CRC64. OpsError on damage, Unsupported on what only Redis can read."""
-        counts, kinds = {}, set()
-        for db, _key, _expire, kind, _start, _end in self.records():
-            kinds.add(kind)
+        """Walk the whole file: keys per db (as its manifest counts them, expired or not) and the file's own
+        CRC64. OpsError on damage, Unsupported on what only Redis can read."""
+        counts = {}
+        for db, _key, _expire, _kind, _start, _end in self.records():
             counts[db] = counts.get(db, 0) + 1
         if self.version >= 5:
             stored = bytes(self.data[self.end:self.end + 8])
@@ -99,7 +98,7 @@ class RdbFile:
             self.checksummed = stored != b"\0" * 8  # zero: saved with rdbchecksum no
             if self.checksummed and crc(memoryview(self.data)[:self.end]).to_bytes(8, "little") != stored:
                 raise OpsError("%s is damaged: its RDB checksum does not match its content" % self.what)
-        return counts, kinds
+        return counts
 
     def records(self):
         data = self.data
@@ -217,7 +216,8 @@ def _skip_value(kind, data, i):
     if kind in STRINGS:
         count, i = _length(data, i)
         for _item in range(count):
-            i = _skip(data, i)
+            first = data[i]
+            i = i + 1 + first if first < 0x40 else _skip(data, i)  # short plain strings inline: most members
         return i
     if kind == 4:
         count, i = _length(data, i)
@@ -227,7 +227,7 @@ def _skip_value(kind, data, i):
     if kind == 18:
         count, i = _length(data, i)
         for _item in range(count):
-            i = _skip(data, _length(data, i)[1])
+            i = _skip(data, i + 1 if data[i] < 0x40 else _length(data, i)[1])  # container kind, then the node
         return i
     if kind == 5:
         count, i = _length(data, i)

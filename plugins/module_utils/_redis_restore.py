@@ -372,7 +372,7 @@ class RedisRestore:
         """Every check before the first write; Unsupported (nothing written) where the scratch servers must do it."""
         params = self.params
         clock = time.monotonic()
-        counts, _kinds = rdb.check(self.crc)
+        counts = rdb.check(self.crc)
         self.report.update(scan_duration=round(time.monotonic() - clock, 3))
         if not rdb.checksummed and not source.checksum_origin:
             raise rdb_reader.Unsupported("the RDB carries no checksum of its own (rdbchecksum no, or RDB version %d) and "
