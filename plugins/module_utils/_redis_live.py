@@ -200,7 +200,7 @@ class Streamer:
         self.target = target
         self.replace = replace
         self.crc = crc
-        self.pending = []  # per window sent: (commands, {src db: keys}, [(index, src db)] of RESTOREs)
+        self.pending = []  # per window sent: (commands in it, {src db: keys}, [(index, src db)] of its RESTOREs)
         self.buffer = b""
         self.errors = []
 
