@@ -50,29 +50,33 @@ def run_module(spec_ex, work):
     module = AnsibleModule(argument_spec=rules.pop("argspec"), supports_check_mode=True, **rules)
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        result = work(module)
-    except OpsError as exc:
-        _warn(module)
-        details = dict(exc.details)
-        if exc.exception is not None and "exception" not in details:
-            details["exception"] = "".join(traceback.format_exception(type(exc.exception), exc.exception,
-                                                                      exc.exception.__traceback__))
-        module.fail_json(msg=exc.message, **details)
-    except Terminated as exc:
-        _warn(module)
-        module.fail_json(msg="stopped by a signal (SIGTERM or SIGINT); what this task had started was cleaned up "
-                             "(scratch databases, servers and partial files removed); run it again to finish the job",
-                         **exc.details)
-    except Exception as exc:  # the catch-all boundary: a bug must still say what happened
-        _warn(module)
-        module.fail_json(msg="unexpected %s: %s. This is a bug in runbook.ops: please report it with the traceback in "
-                             "'exception' (-vvv shows it)" % (exc.__class__.__name__, exc),
-                         exception=traceback.format_exc())
+        failed, result = outcome(work, module)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _warn(module)
+    if failed:
+        module.fail_json(**result)
     module.exit_json(**result)
+
+
+def outcome(work, module):
+    """(failed, result) of ``work(module)``: a failure as a result with its message and details."""
+    try:
+        return False, work(module)
+    except OpsError as exc:
+        details = dict(exc.details)
+        if exc.exception is not None and "exception" not in details:
+            details["exception"] = "".join(traceback.format_exception(type(exc.exception), exc.exception,
+                                                                      exc.exception.__traceback__))
+        return True, dict(details, msg=exc.message)
+    except Terminated as exc:
+        return True, dict(exc.details, msg="stopped by a signal (SIGTERM or SIGINT); what this task had started was "
+                                           "cleaned up (scratch databases, servers and partial files removed); run it "
+                                           "again to finish the job")
+    except Exception as exc:  # the catch-all boundary: a bug must still say what happened
+        return True, dict(msg="unexpected %s: %s. This is a bug in runbook.ops: please report it with the traceback in "
+                              "'exception' (-vvv shows it)" % (exc.__class__.__name__, exc), exception=traceback.format_exc())
 
 
 def _warn(module):

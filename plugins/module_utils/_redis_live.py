@@ -200,7 +200,8 @@ class Streamer:
         self.target = target
         self.replace = replace
         self.crc = crc
-        self.pending = []  # per window sent: (commands in it, {src db: keys}, [(index, src db)] of its RESTOREs)
+        self.pending = []  # per window sent: (commands in it, [(index, src db)] of its SELECTs)
+        self.settled_db = None  # the src db the last window answered ended on
         self.buffer = b""
         self.errors = []
 
@@ -218,7 +219,7 @@ class Streamer:
             self._run(rdb, plan, per_db, sample, now_ms)
         except (OSError, redis.RedisError) as exc:
             seen = redis.TimeoutError(str(exc)) if isinstance(exc, TimeoutError) else exc  # the raw socket's timeout
-            unconfirmed = sum(size for size, _counts, _restores in self.pending)
+            unconfirmed = sum(size for size, _selects in self.pending)
             raise OpsError("streaming keys to the target failed: %s%s" % (
                 rd.explain(seen, self.target.runbook_params),
                 " (%d more commands were sent and not confirmed: the target may hold some of them)" % unconfirmed
@@ -228,45 +229,55 @@ class Streamer:
             pool.release(conn)
 
     def _run(self, rdb, plan, per_db, sample, now_ms):
-        flags = b"ABSTTL\r\n$7\r\nREPLACE\r\n" if self.replace else b"ABSTTL\r\n"
+        """Once a key, so it does as little as it can: the payload is built in place (sampled keys keep theirs)
+        and a window notes only where its SELECTs are."""
+        suffix = b"\r\n$6\r\nABSTTL\r\n$7\r\nREPLACE\r\n" if self.replace else b"\r\n$6\r\nABSTTL\r\n"
         header = b"*%d\r\n$7\r\nRESTORE\r\n$" % (6 if self.replace else 5)
-        commands, counts, restores, db, size = [], {}, [], None, 0
-        payload_of = rdb.payload
+        data, footer, type_bytes, crc, no_expiry = rdb.data, rdb.footer, rdb_reader.TYPE_BYTES, self.crc, rdb_reader.NO_EXPIRY
+        commands, selects, db, size, room = [], [], None, 0, 0
+        append = commands.append
         for src_db, key, expire_ms, kind, start, end in rdb.records():
-            if expire_ms != rdb_reader.NO_EXPIRY and expire_ms <= now_ms:
+            if expire_ms == no_expiry:
+                ttl = b"0"
+            elif expire_ms <= now_ms:
                 per_db[str(src_db)]["expired"] += 1
                 continue
+            else:
+                ttl = b"%d" % expire_ms
             if src_db != db:
                 db = src_db
                 dst = b"%d" % plan[db]
-                commands.append(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(dst), dst))
+                selects.append((len(commands), db))
+                append(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(dst), dst))
                 kept = sample.setdefault(db, [])
-            payload = payload_of(kind, start, end, self.crc)
-            ttl = b"%d" % max(expire_ms, 0)  # 0: no expiry
-            commands.append(b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$6\r\n%s" % (
-                header, len(key), key, len(ttl), ttl, len(payload), payload, flags))
-            size += len(payload)
-            restores.append((len(commands) - 1, db))
-            counts[db] = counts.get(db, 0) + 1
-            if len(kept) < SAMPLE:
-                kept.append((key, expire_ms, payload))
+                room = SAMPLE - len(kept)
+            body = type_bytes[kind] + data[start:end] + footer
+            check = crc(body).to_bytes(8, "little")
+            append(b"%s%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s%s%s" % (
+                header, len(key), key, len(ttl), ttl, len(body) + 8, body, check, suffix))
+            if room:
+                kept.append((key, expire_ms, body + check))
+                room -= 1
+            size += end - start
             if len(commands) >= self.WINDOW or size >= self.WINDOW_BYTES:
-                self.send(commands, counts, restores, per_db)
-                commands, counts, restores, size = [], {}, [], 0
+                self.send(commands, selects, per_db)
+                commands, selects, size = [], [], 0
+                append = commands.append
         if commands:
-            self.send(commands, counts, restores, per_db)
+            self.send(commands, selects, per_db)
         while self.pending:
             self.settle(per_db)
 
-    def send(self, commands, counts, restores, per_db):
+    def send(self, commands, selects, per_db):
+        """``selects``: (index, src db) of the window's SELECTs."""
         self.sock.sendall(b"".join(commands))
-        self.pending.append((len(commands), counts, restores))
+        self.pending.append((len(commands), selects))
         while len(self.pending) > self.IN_FLIGHT:
             self.settle(per_db)
 
     def settle(self, per_db):
-        """Read the replies of the oldest window: each is one line, +OK or -ERROR."""
-        size, counts, restores = self.pending[0]
+        """Read the replies of the oldest window (a line each: +OK, or -ERROR) and count them per src db."""
+        size, selects = self.pending[0]
         while self.buffer.count(b"\r\n") < size:
             data = self.sock.recv(1 << 20)
             if not data:
@@ -275,18 +286,22 @@ class Streamer:
         parts = self.buffer.split(b"\r\n", size)
         self.buffer = parts[size]
         self.pending.pop(0)
-        failed = [index for index, line in enumerate(parts[:size]) if line[:1] != b"+"]
-        lost = {}
-        where = dict(restores) if failed else {}
-        for index in failed:
-            if index not in where:
+        db, first = self.settled_db, 0  # keys before the window's first SELECT: the db the window before ended on
+        for index, next_db in selects + [(size, None)]:
+            replies = parts[first:index]
+            confirmed = replies.count(b"+OK")
+            if replies:
+                per_db[str(db)]["restored"] += confirmed
+                per_db[str(db)]["failed"] += len(replies) - confirmed
+            if confirmed != len(replies):
+                self.errors.extend(line[1:].decode(errors="replace") for line in replies if line != b"+OK")
+                del self.errors[5:]
+            if next_db is None:
+                break
+            if parts[index] != b"+OK":
                 raise OpsError("the target refused SELECT: %s" % parts[index].decode(errors="replace"))
-            lost[where[index]] = lost.get(where[index], 0) + 1
-            if len(self.errors) < 5:
-                self.errors.append(parts[index][1:].decode(errors="replace"))
-        for db, count in counts.items():
-            per_db[str(db)]["restored"] += count - lost.get(db, 0)
-            per_db[str(db)]["failed"] += lost.get(db, 0)
+            db, first = next_db, index + 1
+        self.settled_db = db
 
 
 class SampleCheck:
@@ -294,17 +309,16 @@ class SampleCheck:
     compared with the target there, so values whose DUMP depends on internal order are compared by content. The
     server starts before the first write (no load: at once), so a host that cannot run it fails nothing half way."""
 
-    def __init__(self, scratch_dir, timeout, file_version):
+    def __init__(self, scratch_dir):
         self.server = rd.ScratchServer(scratch_dir, "sample", rdb_name="sample-starts-empty.rdb")
-        self.server.launch()
-        try:
-            self.conn = self.server.wait(timeout)
-            version = self.conn.info("server").get("redis_version", "")
-        except BaseException:
-            self.server.stop()
-            raise
+        self.server.launch()  # it starts while the file is checked
+        self.conn = None
+
+    def ready(self, timeout, file_version):
+        """Up, and new enough for the file's payloads; OpsError otherwise (before the first write)."""
+        self.conn = self.server.wait(timeout)
+        version = self.conn.info("server").get("redis_version", "")
         if rdb_reader.version_of_server(version) < file_version:
-            self.server.stop()
             raise OpsError("the redis-server on this host (%s) is older than the backup's RDB version %d and cannot "
                            "check the restored keys: install a newer redis-server here; nothing was changed"
                            % (version, file_version))

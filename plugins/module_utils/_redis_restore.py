@@ -11,7 +11,6 @@ write reports ``changed: true`` and the safety backup that holds the previous da
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 
@@ -356,7 +355,7 @@ class RedisRestore:
         self.crc = rdb_reader.crc64()
         reason = self.stream_refused()
         if reason is None:
-            with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            with open(path, "rb") as handle, rdb_reader.mapped(handle) as data:
                 try:
                     return self.stream_checked(rdb_reader.RdbFile(data, source.location), source, target, expected,
                                                scratch_dir)
@@ -369,8 +368,35 @@ class RedisRestore:
         return None
 
     def stream_checked(self, rdb, source, target, expected, scratch_dir):
-        """Every check before the first write; Unsupported (nothing written) where the scratch servers must do it."""
-        params = self.params
+        """Every check before the first write, then the stream; Unsupported (nothing written) where the scratch
+        servers must do it."""
+        checker = live.SampleCheck(scratch_dir)  # it starts while the file is checked
+        try:
+            plan, before, touched = self.stream_plan(rdb, source, target, expected)
+            checker.ready(self.params["load_timeout"], rdb.version)
+            clock = time.monotonic()
+            if not self.begin_writes(before, touched):
+                return self.report.result(True, self.live_diff())
+            per_db = {str(src): {"target_db": dst, "restored": 0, "skipped": 0, "failed": 0, "expired": 0,
+                                 "transport": "stream"} for src, dst in plan}
+            self.report.update(per_db=per_db)
+            sample, now_ms = {}, int(time.time() * 1000)  # keys expired by now are counted, not sent (a load skips them)
+            streamer = live.Streamer(target, self.policy == "replace" or self.params["flush_first"], self.crc)
+            try:
+                streamer.run(rdb, dict(plan), per_db, sample, now_ms)
+            except OpsError as exc:
+                raise self.stopped_half_way(exc, per_db)
+            finally:
+                self.wrote = self.wrote or any(d["restored"] for d in per_db.values())
+            self.report.update(load_duration=round(time.monotonic() - clock, 3), transport="stream",
+                               errors=streamer.errors)
+            restored = sum(d["restored"] for d in per_db.values())
+            return self.finish_live(restored, per_db, checker.compare(sample, target, dict(plan)))
+        finally:
+            checker.stop()
+
+    def stream_plan(self, rdb, source, target, expected):
+        """The file checked whole, against its manifest and the target: (plan, keys before, dbs touched)."""
         clock = time.monotonic()
         counts = rdb.check(self.crc)
         self.report.update(scan_duration=round(time.monotonic() - clock, 3))
@@ -392,28 +418,7 @@ class RedisRestore:
             rd.for_db(target, dst)  # SELECT works (a cluster-mode server refuses db > 0)
         needed = (source.manifest or {}).get("used_memory") or self.report.data["rdb_size"]
         self.check_memory(target, needed, self.freed_by_flush(target, before, touched))
-        checker = live.SampleCheck(scratch_dir, params["load_timeout"], rdb.version)
-        try:
-            clock = time.monotonic()
-            if not self.begin_writes(before, touched):
-                return self.report.result(True, self.live_diff())
-            per_db = {str(src): {"target_db": dst, "restored": 0, "skipped": 0, "failed": 0, "expired": 0,
-                                 "transport": "stream"} for src, dst in plan}
-            self.report.update(per_db=per_db)
-            sample, now_ms = {}, int(time.time() * 1000)  # keys expired by now are counted, not sent (a load skips them)
-            streamer = live.Streamer(target, self.policy == "replace" or params["flush_first"], self.crc)
-            try:
-                streamer.run(rdb, dict(plan), per_db, sample, now_ms)
-            except OpsError as exc:
-                raise self.stopped_half_way(exc, per_db)
-            finally:
-                self.wrote = self.wrote or any(d["restored"] for d in per_db.values())
-            self.report.update(load_duration=round(time.monotonic() - clock, 3), transport="stream",
-                               errors=streamer.errors)
-            restored = sum(d["restored"] for d in per_db.values())
-            return self.finish_live(restored, per_db, checker.compare(sample, target, dict(plan)))
-        finally:
-            checker.stop()
+        return plan, before, touched
 
     def restore_live(self, scratches, target):
         params = self.params

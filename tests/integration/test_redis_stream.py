@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -116,3 +117,43 @@ def test_an_rdb_without_any_checksum_goes_through_a_scratch_server_and_says_why(
     refused = ansible.play(task(RESTORE, "redis_restore", dict(connection(servers("other")), src=str(raw),
                                                                transport="stream")))
     assert refused.rc != 0 and "no checksum of its own" in refused.task(RESTORE)["result"]["msg"]
+
+
+def test_keys_the_target_refuses_half_way_are_counted_in_the_db_they_went_to(ansible, servers, tmp_path):
+    """The target runs out of memory part way through three dbs: every reply is counted for the db its key went
+    to, so what the task reports is what the target holds."""
+    source = servers("src", password="pw")
+    for db in (0, 3, 7):
+        pipe = source.client(db=db).pipeline(transaction=False)
+        for i in range(10000):
+            pipe.set("k:%d:%05d" % (db, i), os.urandom(300).hex())
+        pipe.execute()
+    raw = raw_rdb(source, tmp_path / "three-dbs.rdb")
+    target = servers("tgt", password="pw2", extra_config={"maxmemory-policy": "noeviction"})
+    squeezed, finished = [], threading.Event()
+
+    def squeeze_memory_half_way():
+        conn = target.client()
+        while not finished.is_set() and not squeezed:
+            if sum(db["keys"] for db in conn.info("keyspace").values()) > 4000:
+                conn.config_set("maxmemory", "1mb")
+                squeezed.append(True)
+            time.sleep(0.0005)
+
+    squeezer = threading.Thread(target=squeeze_memory_half_way)
+    squeezer.start()
+    try:
+        run = ansible.play(task(RESTORE, "redis_restore", dict(connection(target), src=str(raw), transport="stream")))
+    finally:
+        finished.set()
+        squeezer.join()
+    assert squeezed and run.rc != 0, run
+    result = run.task(RESTORE)["result"]
+    report = result["restore"]
+    assert result["changed"] is True and "failed" in result["msg"]
+    assert report["transport"] == "stream" and "OOM" in report["errors"][0] and len(report["errors"]) == 5
+    for db in (0, 3, 7):
+        counted = report["per_db"][str(db)]
+        assert counted["restored"] == target.client(db=db).dbsize(), (db, counted)
+        assert counted["restored"] + counted["failed"] == 10000, (db, counted)
+    assert 4000 <= report["restored"] < 30000 and report["failed"] == 30000 - report["restored"]
