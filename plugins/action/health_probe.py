@@ -25,10 +25,9 @@ LOCAL = frozenset(("local", "ansible.builtin.local", "ansible.legacy.local"))
 class InProcess:
     """What ``_probe.run`` reads of an AnsibleModule."""
 
-    def __init__(self, params, no_log_values, check_mode):
+    def __init__(self, params, no_log_values):
         self.params = params
         self.no_log_values = no_log_values
-        self.check_mode = check_mode
 
 
 class ActionModule(ActionBase):
@@ -58,14 +57,15 @@ class ActionModule(ActionBase):
 
     def _in_process(self):
         """The validated options when this task can run here, else None."""
+        environment = self._task.environment
         if (self._connection.transport not in LOCAL or self._play_context.become or self._task.async_val
-                or self._task.environment):
+                or any(environment if isinstance(environment, list) else [environment])):
             return None
         rules = dict(_probe.argspec_ex())
         checked = ArgumentSpecValidator(rules.pop("argspec"), **rules).validate(dict(self._task.args))
-        if checked.errors or checked.unsupported_parameters:
+        if checked.error_messages or checked.unsupported_parameters:
             return None  # the module says what is wrong, in its own words
         params = checked.validated_parameters
         if not all(target.get("type") in IN_PROCESS_TYPES for target in params["targets"]):
             return None
-        return InProcess(params, set(checked._no_log_values), self._task.check_mode)
+        return InProcess(params, set(checked._no_log_values))

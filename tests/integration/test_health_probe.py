@@ -308,3 +308,37 @@ def test_container_health_endpoint_through_compose(ansible, docker_engine, tmp_p
     assert run.task(PROBE)["result"]["status"] == "healthy"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+STEADY = ("name", "type", "status", "required", "http_status", "error", "attempts")
+
+
+def test_on_the_controller_the_probes_run_in_process_and_report_what_the_module_reports(ansible, web, tmp_path):
+    """connection local: http, tcp, disk and memory targets run in the action's own process; a task environment
+    (or a target type with libraries of its own, or options the module must refuse) sends it to the module."""
+    closed = free_port()
+    targets = [{"name": "api", "type": "http", "url": web.base_url + "/health", "json": {"status": "healthy"}},
+               {"name": "auth", "type": "http", "url": web.base_url + "/auth",
+                "headers": {"Authorization": "Bearer " + web.token}},
+               {"name": "down", "type": "http", "url": web.base_url + "/health/down", "required": False},
+               {"name": "port", "type": "tcp", "host": "127.0.0.1", "port": closed, "required": False},
+               {"name": "disk", "type": "disk", "path": str(tmp_path), "warn_percent": 99.9, "crit_percent": 100},
+               {"name": "memory", "type": "memory", "warn_percent": 99.9, "crit_percent": 100}]
+    seen = {}
+    for how, extra in (("in process", ""), ("module", "  environment:\n    RUNBOOK_TEST: module\n")):
+        run = ansible.play(probe_task(targets) + extra, verbosity=3)
+        assert run.rc == 0, run
+        assert web.token not in run.stdout and web.token not in run.stderr
+        result = run.task(PROBE)["result"]
+        assert result.get("in_process", False) is (how == "in process")
+        rows = [{key: row.get(key) for key in STEADY + (("detail",) if row["type"] in ("http", "tcp") else ())}
+                for row in result["results"]]  # disk and memory figures move between two runs
+        seen[how] = dict({key: result[key] for key in ("changed", "status", "msg", "counts", "failed_targets", "rounds")},
+                         results=rows)
+        assert result["invocation"]["module_args"]["targets"][1]["headers"]["Authorization"] == \
+            "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert seen["in process"] == seen["module"]
+    assert seen["module"]["status"] == "degraded" and seen["module"]["counts"]["healthy"] == 4
+
+    refused = ansible.play(probe_task(targets[:1], no_such_option=True))
+    assert refused.rc != 0 and "Unsupported parameters" in refused.task(PROBE)["result"]["msg"]
