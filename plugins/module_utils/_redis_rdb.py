@@ -117,8 +117,13 @@ class RdbFile:
                 first = data[i]
                 i = i + 1 + first if first < 0x40 else _skip(data, i)
                 if op in one_string:
-                    first = data[i]
-                    i = i + 1 + first if first < 0x40 else _skip(data, i)
+                    first = data[i]  # 6 and 14 bit lengths inline: most values
+                    if first < 0x40:
+                        i += 1 + first
+                    elif first < 0x80:
+                        i += 2 + (((first & 0x3F) << 8) | data[i + 1])
+                    else:
+                        i = _skip(data, i)
                 else:
                     i = _skip_value(op, data, i)
                 if i > size:
@@ -181,9 +186,14 @@ class RdbFile:
                     key = data[i + 1:j]
                 else:
                     key, j = _string(data, i)
-                if op in ONE_STRING:  # the value: one string, often short and plain
+                if op in ONE_STRING:  # the value: one string, mostly of a 6 or 14 bit length
                     first = data[j]
-                    end = j + 1 + first if first < 0x40 else _skip(data, j)
+                    if first < 0x40:
+                        end = j + 1 + first
+                    elif first < 0x80:
+                        end = j + 2 + (((first & 0x3F) << 8) | data[j + 1])
+                    else:
+                        end = _skip(data, j)
                 else:
                     end = _skip_value(op, data, j)
                 if end > size:
