@@ -6,6 +6,8 @@ All in one run, on private redis-servers started here:
   redis-py       a plain pipelined DUMP/RESTORE copy through Python (read and write rates)
   live mode      runbook.ops.redis_restore mode=live into an empty server (its own load_duration, keys/s)
   file mode      runbook.ops.redis_restore mode=file (stop, swap the RDB, start, wait for the load, check counts)
+The floor, the empty playbook, the streamed live restore, the cold load and file mode run ROUNDS times
+(BENCH_ROUNDS, 3 by default), alternating, and the medians are reported: this machine's speed wanders.
 Run with `make bench`.
 """
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(REPO / "tests" / "harness"))
 from servers import RedisServer, free_port  # noqa: E402
 
 KEYS = int(os.environ.get("BENCH_KEYS", "1000000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BATCH = 1000
 PASSWORD = "redis-bench-password"  # not a word that appears in paths: Ansible masks no_log values in results
 
@@ -140,7 +143,7 @@ def run(base, started):
     subprocess.run(["redis-cli", "-p", str(source.port), "--rdb", str(rdb)], env=dict(os.environ, REDISCLI_AUTH=PASSWORD),
                    check=True, capture_output=True)
 
-    times = {"cold_load": cold_load(base, rdb, "cold")}
+    times = {"cold_load": [cold_load(base, rdb, "cold%d" % i) for i in range(ROUNDS)]}
 
     # the RESTORE stream for --pipe, and a plain redis-py copy (read, then write)
     conn = source.client()
@@ -158,10 +161,6 @@ def run(base, started):
     with open(base / "restore.resp", "wb") as handle:
         for key, payload, ttl in dumped:
             handle.write(resp(b"RESTORE", key, ttl, payload, b"REPLACE"))
-    floor_target = RedisServer(base / "floor", password=PASSWORD).start()
-    started.append(floor_target)
-    times["pipe"] = pipe(floor_target, base / "restore.resp")
-    floor_target.stop()
     py_target = RedisServer(base / "py", password=PASSWORD).start()
     started.append(py_target)
     target_conn = py_target.client()
@@ -175,23 +174,22 @@ def run(base, started):
     py_target.stop()
     del dumped
 
-    times["empty"] = playbook(base, "empty", "ansible.builtin.meta: noop")[0]
     store = base / "store"
     _elapsed, made = playbook(base, "backup", "runbook.ops.redis_backup: %s" % json.dumps(
         {"login_port": source.port, "login_password": PASSWORD, "name": "bench", "store": {"dir": str(store)},
          "method": "replication"}))
     artifact = made["backup"]["path"]
 
-    live = {}
-    for transport in ("auto", "migrate"):  # auto streams the RDB; migrate goes through scratch servers
-        live_target = RedisServer(base / ("live-" + transport), password=PASSWORD).start()
-        started.append(live_target)
-        times["live-" + transport], result = playbook(base, "live-" + transport, "runbook.ops.redis_restore: %s" % json.dumps(
-            {"login_port": live_target.port, "login_password": PASSWORD, "src": artifact, "safety_backup": False,
-             "transport": transport}))
-        live[transport] = result["restore"]
-        assert live_target.client().dbsize() == KEYS, live_target.client().dbsize()
-        live_target.stop()
+    live = {"auto": []}
+    times.update(pipe=[], empty=[])
+    for round_ in range(ROUNDS):  # the floor, start-up and the stream side by side, round after round
+        floor_target = RedisServer(base / ("floor%d" % round_), password=PASSWORD).start()
+        started.append(floor_target)
+        times["pipe"].append(pipe(floor_target, base / "restore.resp"))
+        floor_target.stop()
+        times["empty"].append(playbook(base, "empty", "ansible.builtin.meta: noop")[0])
+        live["auto"].append(live_restore(base, started, artifact, "auto", round_))
+    live["migrate"] = [live_restore(base, started, artifact, "migrate", 0)]  # through scratch servers: once
 
     file_dir = base / "file"
     file_dir.mkdir()
@@ -204,45 +202,76 @@ def run(base, started):
             % (file_dir, file_dir)]
     subprocess.run(start, check=True)
     wait_loaded(port, PASSWORD)
+    filed = []
     try:
-        times["file"], filed = playbook(base, "file", "runbook.ops.redis_restore: %s" % json.dumps(
-            {"login_port": port, "login_password": PASSWORD, "src": artifact, "mode": "file", "safety_backup": False,
-             "stop_command": stop, "start_command": start}))
-        assert redis.Redis(port=port, password=PASSWORD).dbsize() == KEYS
+        for _round in range(ROUNDS):
+            elapsed, result = playbook(base, "file", "runbook.ops.redis_restore: %s" % json.dumps(
+                {"login_port": port, "login_password": PASSWORD, "src": artifact, "mode": "file", "safety_backup": False,
+                 "stop_command": stop, "start_command": start}))
+            filed.append((elapsed, result["restore"]))
+            assert redis.Redis(port=port, password=PASSWORD).dbsize() == KEYS
     finally:
         subprocess.run(stop, check=False)
-    report(times, live, filed["restore"], memory)
+    report(times, live, filed, memory)
+
+
+def live_restore(base, started, artifact, transport, round_):
+    """(whole playbook seconds, the restore report) of mode live into an empty server."""
+    target = RedisServer(base / ("live-%s-%d" % (transport, round_)), password=PASSWORD).start()
+    started.append(target)
+    elapsed, result = playbook(base, "live-" + transport, "runbook.ops.redis_restore: %s" % json.dumps(
+        {"login_port": target.port, "login_password": PASSWORD, "src": artifact, "safety_backup": False,
+         "transport": transport}))
+    assert target.client().dbsize() == KEYS, target.client().dbsize()
+    target.stop()
+    return elapsed, result["restore"]
+
+
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def median_run(runs):
+    """The (seconds, report) run of median time."""
+    return sorted(runs, key=lambda run: run[0])[len(runs) // 2]
 
 
 def report(times, live, filed, memory):
-    empty = times["empty"]
-    floor_rate = KEYS / times["pipe"]
-    live_task = times["live-auto"] - empty
-    file_task = times["file"] - empty
-    print("\nredis_restore benchmark: %d keys, %.0f MiB in memory (ansible runs also minus an empty playbook of %.2f s;"
-          " load %s)" % (KEYS, memory / 2 ** 20, empty, " ".join(open("/proc/loadavg").read().split()[:3])))
-    print("  Redis cold load of the RDB          %7.2f s" % times["cold_load"])
-    print("  redis-cli --pipe RESTORE (floor)    %7.2f s  %8.0f keys/s" % (times["pipe"], floor_rate))
+    empty, floor, cold = median(times["empty"]), median(times["pipe"]), median(times["cold_load"])
+    floor_rate = KEYS / floor
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    print("\nredis_restore benchmark: %d keys, %.0f MiB in memory; medians of %d rounds (ansible runs also minus an empty "
+          "playbook of %.2f s; load %s)" % (KEYS, memory / 2 ** 20, ROUNDS, empty, load))
+    print("  Redis cold load of the RDB          %7.2f s  (rounds %s)" % (cold, spread(times["cold_load"])))
+    print("  redis-cli --pipe RESTORE (floor)    %7.2f s  %8.0f keys/s  (rounds %s)" % (floor, floor_rate, spread(times["pipe"])))
     print("  redis-py DUMP read / RESTORE write  %7.2f / %.2f s  %8.0f / %.0f keys/s" % (
         times["py_read"], times["py_write"], KEYS / times["py_read"], KEYS / times["py_write"]))
     for transport, label in (("auto", "live (stream)"), ("migrate", "live, transport migrate")):
-        phases = live[transport]
-        task = times["live-" + transport] - empty
+        wall, phases = median_run(live[transport])
+        task = wall - empty
         print("  redis_restore %-22s%7.2f s  (task %.2f s, %.0f keys/s; module %.2f s: read+decode %.2f s, %s"
-              "copy %.2f s, %.0f keys/s)" % (
-                  label, times["live-" + transport], task, KEYS / task, phases["duration"], phases["read_duration"],
+              "copy %.2f s, %.0f keys/s)%s" % (
+                  label, wall, task, KEYS / task, phases["duration"], phases["read_duration"],
                   "RDB check %.2f s, " % phases["scan_duration"] if phases.get("transport") == "stream" else
                   "scratch loads %.2f s, key scan %.2f s, " % (phases.get("scratch_load_duration", 0), phases.get("scan_duration", 0)),
-                  phases["load_duration"], phases["restored"] / phases["load_duration"]))
-    live = live["auto"]
+                  phases["load_duration"], phases["restored"] / phases["load_duration"],
+                  "  (rounds %s)" % spread([run[0] for run in live[transport]]) if len(live[transport]) > 1 else ""))
+    live_wall, live_phases = median_run(live["auto"])
+    file_wall, file_phases = median_run(filed)
+    live_task, file_task = live_wall - empty, file_wall - empty
     print("  redis_restore file                  %7.2f s  (task %.2f s; module %.2f s: read+decode %.2f s, swap + restart + "
-          "load %.2f s)" % (times["file"], file_task, filed["duration"], filed["read_duration"], filed["load_duration"]))
+          "load %.2f s)  (rounds %s)" % (file_wall, file_task, file_phases["duration"], file_phases["read_duration"],
+                                         file_phases["load_duration"], spread([run[0] for run in filed])))
     print("\nratios (the whole task as the operator waits for it):")
     print("  live whole task / --pipe floor      %5.0f %%  (goal >= 80 %%; the copy phase alone %.0f %%)" % (
-        100 * KEYS / live_task / floor_rate, 100 * live["restored"] / live["load_duration"] / floor_rate))
+        100 * KEYS / live_task / floor_rate, 100 * live_phases["restored"] / live_phases["load_duration"] / floor_rate))
     print("  file whole task / cold load         %5.2fx  (goal <= 1.2x plus 0.5 s, i.e. <= %.2f s: %.2f s)" % (
-        file_task / times["cold_load"], 1.2 * times["cold_load"] + 0.5, file_task))
-    print("  file swap+restart+load / cold load  %5.2fx" % (filed["load_duration"] / times["cold_load"]))
+        file_task / cold, 1.2 * cold + 0.5, file_task))
+    print("  file swap+restart+load / cold load  %5.2fx" % (file_phases["load_duration"] / cold))
+
+
+def spread(values):
+    return " ".join("%.2f" % value for value in values)
 
 
 if __name__ == "__main__":
