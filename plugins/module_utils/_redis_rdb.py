@@ -13,6 +13,9 @@ this reader does not know (module types, module aux data, pre-GA function record
 from __future__ import annotations
 
 import mmap
+import os
+import pickle
+import signal
 import struct
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
@@ -30,6 +33,8 @@ NAMES = {0: "string", 1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 9: "
 NO_EXPIRY = -1
 EOF = -2  # _opcode's "db" at the end of the file
 TYPE_BYTES = [bytes((kind,)) for kind in range(256)]
+SPLIT_AT = 32 << 20  # files this big are checked on two cores
+SYNC_SEARCH, SYNC_PROOF = 64 << 10, 64 << 10  # where the child looks for a record boundary, and how much must parse
 MAX_VERSION = 12  # Redis 7.4; a newer file may hold types this reader does not know
 
 
@@ -80,11 +85,12 @@ class RdbFile:
         self.footer = struct.pack("<H", self.version)
         self.functions = 0  # function libraries seen (and not restored)
         self.checksummed = False  # whether check() compared the file's own CRC64
+        self.halves = False  # whether check() counted the second half in a child process
 
     def check(self, crc):
         """Walk the whole file: keys per db (as its manifest counts them, expired or not) and the file's own
         CRC64. OpsError on damage, Unsupported on what only Redis can read."""
-        counts = self._count()
+        counts = self._count_in_halves() if len(self.data) >= SPLIT_AT and hasattr(os, "fork") else self._count()[0]
         if self.version >= 5:
             stored = bytes(self.data[self.end:self.end + 8])
             if len(stored) != 8:
@@ -94,12 +100,15 @@ class RdbFile:
                 raise OpsError("%s is damaged: its RDB checksum does not match its content" % self.what)
         return counts
 
-    def _count(self):
-        """The structure walk of records() with nothing kept but a count a db: no key copied, nothing yielded."""
+    def _count(self, i=9, stop=None, db=0):
+        """The structure walk of records() with nothing kept but a count a db (no key copied, nothing yielded), from
+        offset ``i`` in ``db`` to the end, or to the first record that starts at or past ``stop``: (counts, that
+        record's offset and its db, or None at the end)."""
         data, size, one_string = self.data, len(self.data), ONE_STRING
-        i, db, count, counts = 9, 0, 0, {}
+        stop = size + 1 if stop is None else stop
+        count, counts = 0, {}
         try:
-            while True:
+            while i < stop:
                 op = data[i]
                 i += 1
                 if op >= OP_SLOT_INFO:
@@ -111,7 +120,7 @@ class RdbFile:
                     if selected is None:
                         continue
                     if selected is EOF:
-                        return counts
+                        return counts, None
                     db = selected
                     continue
                 first = data[i]
@@ -131,6 +140,71 @@ class RdbFile:
                 count += 1
         except (IndexError, ValueError):
             raise self._damaged(i)
+        if count:
+            counts[db] = counts.get(db, 0) + count
+        return counts, (i, db)
+
+    def _count_in_halves(self):
+        """_count on two cores. A child process guesses a record boundary past the middle (a place from which 64 KiB
+        parse as records) and walks from there to the end; this process walks from the start. Only when this walk
+        lands exactly on the guess does the child's part count (the records from a true boundary are the file's,
+        whatever the child found in them); otherwise this walk goes on alone. Keys the child saw before any SELECTDB
+        are in the db this walk ended in."""
+        middle = len(self.data) // 2
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns, never runs the parent's cleanups
+            status = 1
+            try:
+                os.close(reader)
+                with os.fdopen(writer, "wb") as pipe:
+                    pickle.dump(self._second_half(middle), pipe)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(writer)
+        theirs = None
+        try:
+            with os.fdopen(reader, "rb") as pipe:
+                counts, where = self._count(stop=middle)
+                if where is not None:
+                    try:
+                        theirs = pickle.load(pipe)
+                    except (EOFError, pickle.UnpicklingError):
+                        pass  # the child died: this walk does it all
+        finally:
+            if theirs is None:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if where is None:
+            return counts
+        offset, db = where
+        if theirs is None or theirs["start"] != offset:
+            return _merged(counts, self._count(offset, db=db)[0])
+        self.functions += theirs["functions"]
+        self.halves = True
+        if theirs["error"] is not None:
+            kind, message = theirs["error"]
+            raise (Unsupported if kind == "Unsupported" else OpsError)(message)
+        self.end = theirs["end"]
+        return _merged(counts, {db if key is None else key: count for key, count in theirs["counts"].items()})
+
+    def _second_half(self, middle):
+        """The child's walk: {start, counts, end, functions, error}, start None when no boundary was found."""
+        for start in range(middle, min(middle + SYNC_SEARCH, len(self.data))):
+            try:
+                self._count(start, stop=start + SYNC_PROOF, db=None)
+            except (OpsError, Unsupported):
+                continue
+            outcome = {"start": start, "counts": None, "end": None, "functions": 0, "error": None}
+            self.functions = 0  # the child's own count, from this boundary on
+            try:
+                outcome["counts"] = self._count(start, db=None)[0]
+            except (OpsError, Unsupported) as exc:
+                outcome["error"] = (type(exc).__name__, str(exc))
+            outcome.update(end=getattr(self, "end", None), functions=self.functions)
+            return outcome
+        return {"start": None}
 
     def _damaged(self, i):
         return OpsError("%s is truncated or damaged: its RDB structure ends at byte %d of %d" % (self.what, i, len(self.data)))
@@ -202,6 +276,14 @@ class RdbFile:
                 i, expire = end, NO_EXPIRY
         except (IndexError, ValueError):
             raise self._damaged(i)
+
+
+def _merged(*parts):
+    counts = {}
+    for part in parts:
+        for db, count in part.items():
+            counts[db] = counts.get(db, 0) + count
+    return counts
 
 
 def _length(data, i):

@@ -126,9 +126,10 @@ def test_keys_the_target_refuses_half_way_are_counted_in_the_db_they_went_to(ans
     for db in (0, 3, 7):
         pipe = source.client(db=db).pipeline(transaction=False)
         for i in range(10000):
-            pipe.set("k:%d:%05d" % (db, i), os.urandom(300).hex())
+            pipe.set("k:%d:%05d" % (db, i), os.urandom(600).hex())
         pipe.execute()
     raw = raw_rdb(source, tmp_path / "three-dbs.rdb")
+    assert raw.stat().st_size >= 32 << 20  # checked on two cores: db 3 spans the middle
     target = servers("tgt", password="pw2", extra_config={"maxmemory-policy": "noeviction"})
     squeezed, finished = [], threading.Event()
 
@@ -152,6 +153,7 @@ def test_keys_the_target_refuses_half_way_are_counted_in_the_db_they_went_to(ans
     report = result["restore"]
     assert result["changed"] is True and "failed" in result["msg"]
     assert report["transport"] == "stream" and "OOM" in report["errors"][0] and len(report["errors"]) == 5
+    assert report["backup_keys"] == {"0": 10000, "3": 10000, "7": 10000}
     for db in (0, 3, 7):
         counted = report["per_db"][str(db)]
         assert counted["restored"] == target.client(db=db).dbsize(), (db, counted)

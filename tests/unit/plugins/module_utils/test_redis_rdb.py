@@ -96,3 +96,56 @@ def test_expiry_at_epoch_zero_or_before_is_expired_and_none_is_not():
                                                ("6.2.14", 9), ("5.0.7", 9), ("4.0.14", 0), ("garbage", 0)])
 def test_the_rdb_version_a_server_reads(version, readable):
     assert rdb.version_of_server(version) == readable
+
+
+def key(name, value=b"v" * 50, kind=b"\x00"):
+    return kind + string(name) + string(value)
+
+
+def function_library(name):
+    return b"\xf5" + string(b"#!lua name=" + name)
+
+
+@pytest.fixture
+def split_small(monkeypatch):
+    """check() on two cores for files of any size, with a short proof of a boundary: what big files get."""
+    monkeypatch.setattr(rdb, "SPLIT_AT", 0)
+    monkeypatch.setattr(rdb, "SYNC_PROOF", 300)
+
+
+def three_dbs():
+    """db 0, then db 3 across the middle (the child starts inside it), then db 7, functions in both halves."""
+    return [b"\xfe\x00", function_library(b"a")] + [key(b"a%d" % i) for i in range(20)] + [b"\xfe\x03"] + \
+        [key(b"b%d" % i) for i in range(60)] + [function_library(b"b"), b"\xfe\x07"] + [key(b"c%d" % i) for i in range(10)]
+
+
+def test_the_check_on_two_cores_counts_what_one_walk_counts(split_small):
+    crc = rdb.crc64()
+    data = rdb_file(*three_dbs(), crc=crc)
+    whole = rdb.RdbFile(data)
+    assert whole._count()[0] == {0: 20, 3: 60, 7: 10}
+    halves = rdb.RdbFile(data)
+    assert halves.check(crc) == {0: 20, 3: 60, 7: 10}
+    assert halves.halves and halves.checksummed and halves.functions == 2 and halves.end == len(data) - 8
+
+
+def test_damage_or_an_unknown_type_in_the_second_half_is_reported(split_small):
+    body = three_dbs()
+    cut = rdb_file(*body)
+    with pytest.raises(OpsError, match="truncated or damaged"):
+        rdb.RdbFile(cut[:len(cut) * 3 // 4] + b"\xff" + b"\0" * 8).check(rdb.crc64())
+    with pytest.raises(rdb.Unsupported, match="module type"):
+        rdb.RdbFile(rdb_file(*(body[:-3] + [b"\x07" + string(b"mod") + b"\x00"] + body[-3:]))).check(rdb.crc64())
+
+
+def test_a_value_that_looks_like_records_past_the_middle_does_not_fool_the_split(split_small):
+    """The child's guess lands inside a value that holds RDB records of its own: this walk never lands on it,
+    so it counts the second half itself."""
+    fake = b"".join(key(b"f%d" % i, b"x" * 20) for i in range(40))  # 40 records' worth, inside one string value
+    body = [key(b"a%d" % i) for i in range(10)] + [b"\x00" + string(b"big") + b"\x80" + struct.pack(">I", len(fake)) + fake] + \
+        [key(b"z%d" % i) for i in range(3)]
+    data = rdb_file(*body)
+    start = data.index(fake)
+    assert start < len(data) // 2 < start + len(fake) - 400  # the middle, and a proof's worth after it, are in the value
+    file = rdb.RdbFile(data)
+    assert file.check(rdb.crc64()) == {0: 14} and not file.halves
