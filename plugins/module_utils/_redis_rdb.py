@@ -15,8 +15,10 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import select
 import signal
 import struct
+import time
 
 from ansible_collections.runbook.ops.plugins.module_utils._errors import OpsError
 
@@ -124,7 +126,10 @@ class RdbFile:
                     db = selected
                     continue
                 first = data[i]
-                i = i + 1 + first if first < 0x40 else _skip(data, i)
+                if first < 0x40:
+                    i += 1 + first
+                else:
+                    i = _string(data, i)[1] if first == 0xC3 else _skip(data, i)  # an LZF key name must expand
                 if op in one_string:
                     first = data[i]  # 6 and 14 bit lengths inline: most values
                     if first < 0x40:
@@ -152,22 +157,29 @@ class RdbFile:
         are in the db this walk ended in."""
         middle = len(self.data) // 2
         reader, writer = os.pipe()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # no handler of ours may run in the child
         pid = os.fork()
         if pid == 0:  # the child: never returns, never runs the parent's cleanups
             status = 1
             try:
+                for signum in signals:
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
                 os.close(reader)
                 with os.fdopen(writer, "wb") as pipe:
-                    pickle.dump(self._second_half(middle), pipe)
+                    pickle.dump(self._second_half(middle, pipe), pipe)
                 status = 0
             finally:
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         os.close(writer)
         theirs = None
         try:
             with os.fdopen(reader, "rb") as pipe:
+                clock = time.monotonic()
                 counts, where = self._count(stop=middle)
-                if where is not None:
+                if where is not None and self._child_started_at(pipe, max(1.0, time.monotonic() - clock)) == where[0]:
                     try:
                         theirs = pickle.load(pipe)
                     except (EOFError, pickle.UnpicklingError):
@@ -179,7 +191,7 @@ class RdbFile:
         if where is None:
             return counts
         offset, db = where
-        if theirs is None or theirs["start"] != offset:
+        if theirs is None:
             return _merged(counts, self._count(offset, db=db)[0])
         self.functions += theirs["functions"]
         self.halves = True
@@ -187,16 +199,27 @@ class RdbFile:
             kind, message = theirs["error"]
             raise (Unsupported if kind == "Unsupported" else OpsError)(message)
         self.end = theirs["end"]
-        return _merged(counts, {db if key is None else key: count for key, count in theirs["counts"].items()})
+        before_select = theirs["counts"].pop(None, 0)  # keys the child met before any SELECTDB: this walk's db
+        return _merged(counts, {db: before_select}, theirs["counts"])
 
-    def _second_half(self, middle):
-        """The child's walk: {start, counts, end, functions, error}, start None when no boundary was found."""
+    @staticmethod
+    def _child_started_at(pipe, patience):
+        """The offset the child walks from, or None when it has not found one within ``patience`` seconds (as
+        long as this walk took: a search that takes longer is lost in a value that looks like records)."""
+        ready, _write, _error = select.select([pipe], [], [], patience)
+        announced = pipe.read(8) if ready else b""
+        return struct.unpack("<q", announced)[0] if len(announced) == 8 else None
+
+    def _second_half(self, middle, pipe):
+        """The child's walk: {counts, end, functions, error}, its start announced first (-1: none found)."""
         for start in range(middle, min(middle + SYNC_SEARCH, len(self.data))):
             try:
                 self._count(start, stop=start + SYNC_PROOF, db=None)
             except (OpsError, Unsupported):
                 continue
-            outcome = {"start": start, "counts": None, "end": None, "functions": 0, "error": None}
+            pipe.write(struct.pack("<q", start))
+            pipe.flush()
+            outcome = {"counts": None, "end": None, "functions": 0, "error": None}
             self.functions = 0  # the child's own count, from this boundary on
             try:
                 outcome["counts"] = self._count(start, db=None)[0]
@@ -204,7 +227,8 @@ class RdbFile:
                 outcome["error"] = (type(exc).__name__, str(exc))
             outcome.update(end=getattr(self, "end", None), functions=self.functions)
             return outcome
-        return {"start": None}
+        pipe.write(struct.pack("<q", -1))
+        return None
 
     def _damaged(self, i):
         return OpsError("%s is truncated or damaged: its RDB structure ends at byte %d of %d" % (self.what, i, len(self.data)))
@@ -431,8 +455,9 @@ def lzf_decompress(data, size):
 def mapped(handle):
     """A read-only mapping of an open file, its pages read in at once where the OS can (Linux's MAP_POPULATE:
     much faster than a page fault every few kilobytes of a walk)."""
-    if not hasattr(mmap, "MAP_POPULATE"):
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    size = os.fstat(handle.fileno()).st_size
+    if not hasattr(mmap, "MAP_POPULATE") or size > os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # a file this big is paged in as it is walked
     return mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
 
 

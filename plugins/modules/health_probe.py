@@ -225,7 +225,8 @@ notes:
   - Needs the Python library C(psycopg2) for postgres targets and C(redis) for redis targets, on the host the module runs on.
   - >-
     On the controller itself (connection C(local), for example with C(delegate_to: localhost)), with no become,
-    async or task C(environment), a task whose targets are all of type V(http), V(tcp), V(disk) or V(memory) runs in
+    async, task C(timeout) or C(environment), and no C(ansible_python_interpreter) set to another Python than the
+    controller's, a task whose targets are all of type V(http), V(tcp), V(disk) or V(memory) runs in
     the controller's process: no module is packed and no interpreter started, which saves about half a second a
     task. The same code runs with the same validated options, and the result says RV(in_process). Options the module
     would refuse, and every other case, run the module as usual.

@@ -314,8 +314,9 @@ STEADY = ("name", "type", "status", "required", "http_status", "error", "attempt
 
 
 def test_on_the_controller_the_probes_run_in_process_and_report_what_the_module_reports(ansible, web, tmp_path):
-    """connection local: http, tcp, disk and memory targets run in the action's own process; a task environment
-    (or a target type with libraries of its own, or options the module must refuse) sends it to the module."""
+    """connection local: http, tcp, disk and memory targets run in the action's own process; a task environment,
+    timeout or interpreter of its own (or a target type with libraries of its own, or options the module must
+    refuse) sends it to the module."""
     closed = free_port()
     targets = [{"name": "api", "type": "http", "url": web.base_url + "/health", "json": {"status": "healthy"}},
                {"name": "auth", "type": "http", "url": web.base_url + "/auth",
@@ -342,3 +343,6 @@ def test_on_the_controller_the_probes_run_in_process_and_report_what_the_module_
 
     refused = ansible.play(probe_task(targets[:1], no_such_option=True))
     assert refused.rc != 0 and "Unsupported parameters" in refused.task(PROBE)["result"]["msg"]
+    for extra in ("  timeout: 60\n", "  vars:\n    ansible_python_interpreter: /usr/bin/python3\n"):
+        run = ansible.play(probe_task(targets[:1]) + extra)  # a task timeout, an interpreter of its own: the module
+        assert run.rc == 0 and "in_process" not in run.task(PROBE)["result"], (extra, run)

@@ -149,3 +149,27 @@ def test_a_value_that_looks_like_records_past_the_middle_does_not_fool_the_split
     assert start < len(data) // 2 < start + len(fake) - 400  # the middle, and a proof's worth after it, are in the value
     file = rdb.RdbFile(data)
     assert file.check(rdb.crc64()) == {0: 14} and not file.halves
+
+
+def test_a_db_selected_again_after_the_middle_adds_up(split_small):
+    data = rdb_file(b"\xfe\x00", *[key(b"a%d" % i) for i in range(40)], b"\xfe\x00", *[key(b"b%d" % i) for i in range(10)])
+    file = rdb.RdbFile(data)
+    assert file.check(rdb.crc64()) == {0: 50} and file.halves
+
+
+def test_a_key_name_whose_lzf_does_not_expand_is_damage_before_anything_is_written():
+    lzf = bytes([(1 << 5), 5])  # a back reference before the start
+    data = rdb_file(key(b"fine"), b"\x00\xc3" + bytes([len(lzf), 3]) + lzf + string(b"v"))
+    with pytest.raises(OpsError, match="truncated or damaged"):
+        rdb.RdbFile(data).check(rdb.crc64())
+
+
+def test_a_value_that_sends_the_boundary_search_astray_costs_no_more_than_the_first_walk(monkeypatch):
+    """Zero bytes parse as empty records: a fake list header in every block makes each guess walk far. The
+    child gets as long as this process's own walk to name its boundary, then this walk goes on alone."""
+    monkeypatch.setattr(rdb, "SPLIT_AT", 0)
+    block = b"\x00" * 65000 + b"\x82"
+    value = block * 64
+    data = b"REDIS0010" + b"\x00" + string(b"k") + b"\x80" + struct.pack(">I", len(value)) + value + b"\xff" + b"\0" * 8
+    file = rdb.RdbFile(data)
+    assert file.check(rdb.crc64()) == {0: 1} and not file.halves
